@@ -1,0 +1,15 @@
+"""Backends: the batched velocity oracle, and all the parallelism there is.
+
+* :class:`LocalBackend` evaluates a round in this process: ``mode="loop"`` calls the adapter
+  once per state, ``mode="batched"`` once for the whole round (all cores in one forward).
+* :class:`ProcessBackend` spreads a round over processes, one core per rank
+  (``torch.distributed``; gloo on CPU). Rank 0 is this process: it runs the runner and the
+  algorithm and evaluates item 0 itself.
+
+Both expose the same three calls, so the runner never knows which it has:
+``set_condition(cond)`` once per prompt, ``velocity(xs, steps)`` once per round, ``close()``.
+"""
+from chords.backends.local import LocalBackend
+from chords.backends.processes import ProcessBackend, WorkerError
+
+__all__ = ["LocalBackend", "ProcessBackend", "WorkerError"]

@@ -1,0 +1,5 @@
+"""Sample images: `python run_image_mp.py [hydra overrides]` (see README)."""
+from chords.cli import main
+
+if __name__ == "__main__":
+    main()
