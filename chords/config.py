@@ -154,7 +154,7 @@ def world_size(cfg: DictConfig, num_cores: int) -> int:
     return num_cores
 
 
-def validate(cfg: DictConfig, check_output: bool = True) -> RunSpec:
+def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = True) -> RunSpec:
     """Check the whole config; raise ConfigError naming the first bad value."""
     try:
         OmegaConf.resolve(cfg)
@@ -200,7 +200,7 @@ def validate(cfg: DictConfig, check_output: bool = True) -> RunSpec:
     prompts = read_prompts(cfg.prompt_file)
     if check_output:
         check_writable(cfg.output_base_path)
-    missing = adapter_cls.missing_weights(model)
+    missing = adapter_cls.missing_weights(model) if check_weights else None
     if missing:
         raise ConfigError(missing)
     return RunSpec(algorithm, stop, adapter_cls, prompts, n, ws, algo_tag(cfg.algo, algorithm, stop, n))

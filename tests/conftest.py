@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def compose(overrides: list[str]):
+    """The config a command line with these overrides would run (no Hydra run folder)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from chords.config import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        return hcompose(config_name="base", overrides=overrides)
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
