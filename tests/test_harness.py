@@ -168,7 +168,7 @@ def test_cli_worker_killed_mid_run_exits_nonzero_naming_rank(tmp_path):
         while time.monotonic() < deadline and not list(out.glob("digits/chords-*/*/stats.json")):
             time.sleep(0.2)
         # the spawned worker (rank 1) runs "python -c from multiprocessing.spawn import ..."
-        workers = [w for w in _children(proc.pid) if "multiprocessing" in Path(f"/proc/{w}/cmdline").read_text(errors="ignore")]
+        workers = [w for w in _children(proc.pid) if "spawn_main" in Path(f"/proc/{w}/cmdline").read_text(errors="ignore")]
         assert workers, "no worker process found"
         for w in workers:
             os.kill(w, signal.SIGKILL)
