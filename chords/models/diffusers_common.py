@@ -208,6 +208,7 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {v: i for i, v in enumerate(vocab)}, merges
 
 
+@lru_cache(maxsize=4)
 def tiny_clip_tokenizer(model_max_length: int = 77):
     from transformers import CLIPTokenizer
 
@@ -230,6 +231,7 @@ def _unigram_vocab() -> list[tuple[str, float]]:
     return [(p, -float(i + 1)) for i, p in enumerate(dict.fromkeys(pieces))]
 
 
+@lru_cache(maxsize=4)
 def tiny_t5_tokenizer(model_max_length: int = 512):
     """A T5 tokenizer over a small word/character vocabulary (ids: pad 0, eos 1, unk 2)."""
     from transformers import T5Tokenizer
@@ -238,6 +240,7 @@ def tiny_t5_tokenizer(model_max_length: int = 512):
     return T5Tokenizer(vocab=vocab, extra_ids=100, model_max_length=model_max_length)
 
 
+@lru_cache(maxsize=4)
 def tiny_llama_tokenizer(model_max_length: int = 256):
     from transformers import LlamaTokenizer
 

@@ -50,6 +50,7 @@ class HunyuanAdapter(DiffusersAdapter):
     pipeline_class = "HunyuanVideoPipeline"
     transformer_class = "HunyuanVideoTransformer3DModel"
     required_keys = DiffusersAdapter.required_keys + ("num_frames", "fps")
+    tiny_multiple = 8
 
     def build_tiny_transformer(self, cfg: Mapping[str, Any]):
         from diffusers import HunyuanVideoTransformer3DModel
