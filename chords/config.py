@@ -133,6 +133,20 @@ def algo_tag(algo: DictConfig | dict, algorithm: Any, stop: StopRule | None, num
     return "-".join(parts)
 
 
+def resolve_hardware(hw: DictConfig) -> None:
+    """``device: auto`` becomes cuda (NCCL, name gpu) when a GPU is visible, else cpu (gloo)."""
+    if hw.get("device") != "auto":
+        return
+    import torch
+
+    gpu = torch.cuda.is_available()
+    hw.device = "cuda" if gpu else "cpu"
+    if hw.get("dist_backend") == "auto":
+        hw.dist_backend = "nccl" if gpu else "gloo"
+    if hw.get("name") == "auto":
+        hw.name = "gpu" if gpu else "cpu"
+
+
 def world_size(cfg: DictConfig, num_cores: int) -> int:
     hw = cfg.hardware
     if hw.backend == "local":
@@ -164,6 +178,7 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
         if not isinstance(cfg.get(group), DictConfig):
             raise ConfigError(f"config group {group!r} is missing: choose one of {', '.join(_group_options(group))}")
     hw = cfg.hardware
+    resolve_hardware(hw)
     if hw.get("backend") not in BACKENDS:
         raise ConfigError(f"hardware.backend {hw.get('backend')!r} is unknown: use one of {', '.join(BACKENDS)}")
     if hw.get("backend") == "local" and hw.get("mode", "loop") not in ("loop", "batched"):

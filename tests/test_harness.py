@@ -63,7 +63,7 @@ def test_defaults_are_chords_on_four_processes(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = compose([])
     spec = validate(cfg, check_output=False)
-    assert (cfg.model.model_name, cfg.algo.algo_name, cfg.hardware.name, spec.world_size) == ("digits", "chords", "cpu", 4)
+    assert (cfg.model.model_name, cfg.algo.algo_name, cfg.hardware.name, spec.world_size) == ("digits", "chords", "cpu", 4)  # auto -> cpu here
     assert spec.algorithm.resolve_init_t(50) == [0, 8, 16, 32]
 
 
