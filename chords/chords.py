@@ -118,8 +118,15 @@ def preset_init_sequence(num_cores: int, num_steps: int) -> list[int]:
     return discretize_init_sequence(times, num_steps)
 
 
+def uniform_init_sequence(num_cores: int, num_steps: int) -> list[int]:
+    """The ablation's uniform sequence: ``k * (N // K)`` (Table 3: 0-6-...-42 for K=8, N=50)."""
+    if num_cores > num_steps:
+        raise ValueError(f"num_cores {num_cores} is too large for num_steps {num_steps}: need num_cores <= num_steps")
+    return [k * (num_steps // num_cores) for k in range(num_cores)]
+
+
 def parse_init_t(value: object) -> list[int] | str | None:
-    """Config boundary: "0-2-4-8" / [0, 2, 4, 8] / "auto" / "preset" / None.
+    """Config boundary: "0-2-4-8" / [0, 2, 4, 8] / "auto" / "preset" / "uniform" / None.
 
     Returns a list of ints, or the keyword ("auto" / "preset"), or None (= preset).
     """
@@ -127,7 +134,7 @@ def parse_init_t(value: object) -> list[int] | str | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("auto", "preset"):
+        if text.lower() in ("auto", "preset", "uniform"):
             return text.lower()
         parts = text.replace(",", "-").split("-")
         try:
@@ -135,7 +142,7 @@ def parse_init_t(value: object) -> list[int] | str | None:
         except ValueError:
             raise ValueError(
                 f"init_t {value!r} is invalid: use grid indices joined by '-' (e.g. 0-2-4-8-16-24-32-40), "
-                "'auto' or 'preset'"
+                "'auto', 'preset' or 'uniform'"
             ) from None
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
@@ -183,7 +190,8 @@ class CHORDS:
 
     ``init_t``: a strictly increasing sequence starting at 0, below ``num_steps``, one entry
     per core (gaps of 1 are fine); or ``"auto"`` (Theorem 2.5 for ``speedup``, default
-    :func:`default_speedup`) or ``"preset"`` / None (the paper's presets, scaled to N).
+    :func:`default_speedup`), ``"preset"`` / None (the paper's presets, scaled to N) or
+    ``"uniform"`` (the ablation's evenly spaced starts).
     """
 
     num_cores: int
@@ -195,6 +203,8 @@ class CHORDS:
         spec = parse_init_t(self.init_t) if isinstance(self.init_t, str) or self.init_t is None else list(self.init_t)
         if spec == "auto":
             seq = init_sequence(self.num_cores, self.speedup, num_steps)
+        elif spec == "uniform":
+            seq = uniform_init_sequence(self.num_cores, num_steps)
         elif spec in (None, "preset"):
             if self.num_cores > num_steps:
                 raise ValueError(f"num_cores {self.num_cores} is too large for num_steps {num_steps}")

@@ -204,6 +204,7 @@ def test_parse_init_t_at_the_config_boundary():
     assert parse_init_t("0-2-4-8-16-24-32-40") == [0, 2, 4, 8, 16, 24, 32, 40]
     assert parse_init_t([0, 8, 16, 32]) == [0, 8, 16, 32]
     assert parse_init_t("auto") == "auto" and parse_init_t(None) is None
+    assert CHORDS(8, "uniform").resolve_init_t(50) == [0, 6, 12, 18, 24, 30, 36, 42]  # Table 3's uniform
     with pytest.raises(ValueError, match="0-a-2"):
         parse_init_t("0-a-2")
 
