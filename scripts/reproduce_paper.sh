@@ -29,7 +29,7 @@ case "$what" in
     python run_video_mp.py -m model=hunyuan algo=chords,paradigms,srds ngpu=2,4,6,8 \
       prompt_file="$VBENCH" output_base_path=runs/fig4 reference=true "$@" ;;
   digits)  # the whole pipeline on a laptop: the embedded digits model on CPU processes
-    python run_image_mp.py -m model=digits algo=chords,paradigms,srds ngpu=2,4 algo.init_t=preset \
+    python run_image_mp.py -m model=digits algo=chords,paradigms,srds ngpu=2,4 \
       output_base_path=runs/digits reference=true "$@" ;;
   *) echo "usage: $0 {table1|table2|table3|table4|fig4|digits} [hydra overrides]" >&2; exit 2 ;;
 esac
