@@ -1,0 +1,172 @@
+"""Numbers from run folders: latent RMSE, speedups, times; per run and per table cell.
+
+Definitions (the paper's, Section 4.1, and docs/run_folders.md):
+
+* latent RMSE of a run = ``sqrt(mean((a - b)^2))`` over the whole ``output`` latent against its
+  sequential reference's ``output``, in float64; a cell's RMSE is the mean over its runs
+  (i.e. averaged over prompts and seeds).
+* speedup (the paper's counting) = sequential ``rounds`` / the run's ``output_round``: network
+  passes of sequential sampling over the parallel depth at which the chosen output arrived.
+  A cell's speedup is the ratio of the means over its paired runs,
+  ``mean(reference rounds) / mean(output_round)`` (equal to the mean of ratios when every run
+  stops at the same round, as CHORDS with ``core_index`` does).
+* wall-clock speedup = reference ``timing.sample_s`` / the run's ``timing.sample_s``; a cell's is
+  ``mean(reference sample_s) / mean(sample_s)``. Reported next to, never instead of, speedup.
+* time per sample: ``timing.sample_s`` (sampling only) and ``timing.total_s`` (end to end:
+  encode + sample + decode), each a mean over the cell's runs.
+
+A non-sequential run without a sequential reference is left out of its cell entirely (every
+number of a non-sequential row is over paired samples); a run whose latents are unreadable
+loses only its RMSE.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import torch
+
+from .runs import Problems, Run, RunError
+
+GROUP_KEYS = ["model", "media", "method", "num_cores", "num_steps"]
+
+
+def latent_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sqrt(mean((a - b)^2)) over every element, in float64."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"shapes differ: {list(a.shape)} vs {list(b.shape)}")
+    d = a.detach().to(torch.float64) - b.detach().to(torch.float64)
+    return math.sqrt(float(torch.mean(d * d)))
+
+
+def l1_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """mean(|a - b|) over every element, in float64 (the L1 distance per element)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"shapes differ: {list(a.shape)} vs {list(b.shape)}")
+    return float(torch.mean(torch.abs(a.detach().to(torch.float64) - b.detach().to(torch.float64))))
+
+
+DISTANCES = {"l1": l1_distance, "rmse": latent_rmse}
+
+
+def speedup(reference_rounds: float, output_round: float) -> float:
+    """The paper's speedup: sequential network passes over the rounds at the chosen output."""
+    return float(reference_rounds) / float(output_round)
+
+
+def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, with_rmse: bool = True) -> pd.DataFrame:
+    """One row per run with everything eval knows about it (runs.csv)."""
+    rows = []
+    cache: dict[Path, torch.Tensor | None] = {}
+
+    def output_of(run: Run):
+        if run.path not in cache:
+            try:
+                cache[run.path] = run.load_latent("output")
+            except RunError as e:
+                problems.report(f"latents unusable, left out of latent RMSE: {e}")
+                cache[run.path] = None
+        return cache[run.path]
+
+    for r in runs:
+        ref = refs.get(r.path)
+        row = {
+            "run": str(r.path),
+            "model": r.model,
+            "media": r.media,
+            "method": r.method,
+            "algorithm": r.algorithm,
+            "algo_tag": r.algo_tag,
+            "init_t": r.init_label,
+            "init_kind": r.init_kind or "",
+            "num_cores": r.num_cores,
+            "num_steps": r.num_steps,
+            "prompt": r.prompt,
+            "seed": r.seed,
+            "hardware": r.hardware,
+            "rounds": r.rounds,
+            "nfe": r.nfe,
+            "num_hits": len(r.hits),
+            "output_index": r.output_index,
+            "output_core": r.output_core,
+            "output_round": r.output_round,
+            "encode_s": r.timing["encode_s"],
+            "sample_s": r.timing["sample_s"],
+            "decode_s": r.timing["decode_s"],
+            "total_s": r.timing["total_s"],
+            "reference": str(ref.path) if ref is not None else "",
+            "ref_rounds": float(ref.rounds) if ref is not None else math.nan,
+            "ref_sample_s": ref.timing["sample_s"] if ref is not None else math.nan,
+            "ref_total_s": ref.timing["total_s"] if ref is not None else math.nan,
+        }
+        row["speedup"] = speedup(row["ref_rounds"], r.output_round) if ref is not None else math.nan
+        row["wall_speedup"] = row["ref_sample_s"] / row["sample_s"] if ref is not None and row["sample_s"] > 0 else math.nan
+        rmse = math.nan
+        if with_rmse and ref is not None:
+            if ref.path == r.path:
+                rmse = 0.0
+            else:
+                a, b = output_of(r), output_of(ref)
+                if a is not None and b is not None:
+                    try:
+                        rmse = latent_rmse(a, b)
+                    except ValueError as e:
+                        problems.report(f"{r.name}: latent RMSE impossible against {ref.name} ({e})")
+        row["latent_rmse"] = rmse
+        rows.append(row)
+        # The reference is needed again for other runs; runs' own latents are not.
+        if ref is not None and ref.path != r.path:
+            cache.pop(r.path, None)
+    cols = None if rows else ["run", *GROUP_KEYS, "prompt", "seed", "speedup", "latent_rmse"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def cell_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs that count in their cells: sequential runs, and non-sequential runs with a reference."""
+    if df.empty:
+        return df
+    keep = (df["algorithm"] == "sequential") | (df["reference"] != "")
+    return df[keep]
+
+
+def _mean(s: pd.Series) -> float:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.mean()) if len(s) else math.nan
+
+
+def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per cell (model, media, method, num_cores, num_steps); see the module docstring."""
+    quality_cols = [c for c in quality_cols if c in df.columns]
+    df = cell_rows(df)
+    out = []
+    for key, g in df.groupby(GROUP_KEYS, sort=True, dropna=False):
+        paired = g[g["reference"] != ""]
+        row = dict(zip(GROUP_KEYS, key))
+        row.update(
+            algorithm=g["algorithm"].iloc[0],
+            init_t=",".join(sorted(set(g["init_t"]))),
+            init_kind=",".join(sorted(set(g["init_kind"]))),
+            hardware=",".join(sorted(set(g["hardware"]))),
+            n_runs=len(g),
+            n_paired=len(paired),
+            n_prompts=g["prompt"].nunique(),
+            seeds=",".join(str(s) for s in sorted(set(g["seed"]))),
+            time_sample_s=_mean(g["sample_s"]),
+            time_total_s=_mean(g["total_s"]),
+            encode_s=_mean(g["encode_s"]),
+            decode_s=_mean(g["decode_s"]),
+            rounds=_mean(g["rounds"]),
+            output_round=_mean(g["output_round"]),
+            nfe=_mean(g["nfe"]),
+            speedup=(_mean(paired["ref_rounds"]) / _mean(paired["output_round"])) if len(paired) else math.nan,
+            wall_speedup=(_mean(paired["ref_sample_s"]) / _mean(paired["sample_s"])) if len(paired) else math.nan,
+            latent_rmse=_mean(paired["latent_rmse"]) if len(paired) else math.nan,
+            n_rmse=int(pd.to_numeric(paired["latent_rmse"], errors="coerce").notna().sum()) if len(paired) else 0,
+        )
+        for c in quality_cols:
+            row[c] = _mean(g[c])
+            row[f"n_{c}"] = int(pd.to_numeric(g[c], errors="coerce").notna().sum())
+        out.append(row)
+    return pd.DataFrame(out)

@@ -1,0 +1,498 @@
+"""Find run folders, load and validate their ``stats.json``, label them and pair them.
+
+Everything here follows ``docs/run_folders.md`` (the runner/eval contract) and nothing else:
+eval never imports the runner, an adapter or a backend.
+
+* :func:`find_run_dirs` walks the given roots (single run folders, output roots, Hydra multirun
+  folders) for ``stats.json``; folders with a ``.tmp-`` name, and folders that hold run files
+  but no ``stats.json``, are partial and reported.
+* :func:`load_run` validates one folder and returns a :class:`Run` (or raises
+  :class:`RunError` with a one-line reason).
+* :func:`assign_labels` gives every run its method label ("Sequential", "CHORDS",
+  "CHORDS (uniform)", "ParaDIGMS", "SRDS", or ``config.experiment_label`` when the run sets it)
+  and disambiguates settings that would otherwise share a label.
+* :func:`pair_references` finds each run's sequential reference: same ``model``, ``prompt``,
+  ``seed``, ``num_steps`` and ``latent_shape``.
+
+Problems (partial or corrupt folders, runs without a reference, ambiguous references) go to a
+:class:`Problems` collector: one ``logging`` warning line each, and the run is left out of the
+cells it would have spoiled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+log = logging.getLogger("eval")
+
+STATS = "stats.json"
+LATENTS = "latents.safetensors"
+# Files whose presence without stats.json marks a partial run folder.
+_RUN_FILES = {LATENTS, "image.png", "video.mp4"}
+
+BASE_LABELS = {"sequential": "Sequential", "chords": "CHORDS", "paradigms": "ParaDIGMS", "srds": "SRDS"}
+METHOD_ORDER = ["Sequential", "ParaDIGMS", "SRDS", "CHORDS"]
+
+# The paper's initialization sequences for N = 50 (Section 4.1).
+PAPER_INIT_T = {
+    50: {
+        (0, 8, 16, 32),
+        (0, 3, 6, 12, 24, 36),
+        (0, 2, 4, 8, 16, 24, 32, 40),
+    }
+}
+
+
+class RunError(Exception):
+    """A run folder that cannot be used; the message is one line."""
+
+
+class Problems:
+    """Collects one-line problem reports and logs each as a warning (deduplicated)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._seen: set[str] = set()
+
+    def report(self, line: str) -> None:
+        if line in self._seen:
+            return
+        self._seen.add(line)
+        self.lines.append(line)
+        log.warning("%s", line)
+
+    def __iter__(self):
+        return iter(self.lines)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+@dataclass(frozen=True)
+class HitInfo:
+    index: int
+    core: int
+    round: int
+    wall_s: float
+    latent: str
+    media: str | None
+
+
+@dataclass
+class Run:
+    """One validated run folder. ``stats`` is the raw stats.json."""
+
+    path: Path
+    stats: dict[str, Any]
+    prompt: str
+    seed: int
+    model: str
+    media: str
+    algorithm: str
+    algo_tag: str
+    algo: dict[str, Any]
+    num_cores: int
+    num_steps: int
+    hits: list[HitInfo]
+    rounds: int
+    nfe: int
+    output_index: int
+    output_round: int
+    timing: dict[str, float]
+    latent_shape: tuple[int, ...] | None
+    media_files: list[str]
+    hardware: str
+    init_t: tuple[int, ...] | None
+    experiment_label: str | None
+    # Filled by assign_labels().
+    base_label: str = ""
+    facets: dict[str, str] = field(default_factory=dict)
+    method: str = ""
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def name(self) -> str:
+        """A short readable id: the last three path parts (model/algo_tag/prompt-key)."""
+        return "/".join(self.path.parts[-3:])
+
+    @property
+    def is_sequential(self) -> bool:
+        return self.algorithm == "sequential"
+
+    @property
+    def pair_key(self) -> tuple:
+        return (self.model, self.prompt, self.seed, self.num_steps)
+
+    @property
+    def output_core(self) -> int:
+        return self.hits[self.output_index].core
+
+    @property
+    def init_label(self) -> str:
+        return "-".join(str(i) for i in self.init_t) if self.init_t else ""
+
+    @property
+    def init_kind(self) -> str | None:
+        """``"ours"`` (the paper's sequence: a preset, or chosen by ``init_t: preset|auto``),
+        ``"uniform"`` (equal gaps, K >= 3), ``"custom"``, or None (no init sequence)."""
+        kind = init_kind(self.init_t, self.num_steps)
+        if kind == "custom":
+            algo_cfg = (self.stats.get("config") or {}).get("algo") if isinstance(self.stats.get("config"), dict) else None
+            spec = algo_cfg.get("init_t") if isinstance(algo_cfg, dict) else None
+            if isinstance(spec, str) and spec.strip().lower() in ("preset", "auto"):
+                return "ours"
+        return kind
+
+    @property
+    def latents_path(self) -> Path:
+        return self.path / LATENTS
+
+    def media_path(self) -> Path | None:
+        """The chosen output's media file (image.png / video.mp4), or None if absent."""
+        for name in self.media_files or []:
+            p = self.path / name
+            if p.is_file():
+                return p
+        default = self.path / ("image.png" if self.media == "image" else "video.mp4")
+        return default if default.is_file() else None
+
+    def load_latent(self, name: str = "output"):
+        """One tensor from latents.safetensors (lazy, no pickle). Raises RunError."""
+        from safetensors import safe_open
+
+        if not self.latents_path.is_file():
+            raise RunError(f"{self.name}: {LATENTS} is missing")
+        try:
+            with safe_open(str(self.latents_path), framework="pt") as f:
+                if name not in f.keys():
+                    raise RunError(f"{self.name}: {LATENTS} has no tensor {name!r}")
+                t = f.get_tensor(name)
+        except RunError:
+            raise
+        except Exception as e:  # corrupt header, truncated file, ...
+            raise RunError(f"{self.name}: {LATENTS} is unreadable ({type(e).__name__}: {_one_line(e)})") from e
+        if name == "output" and self.latent_shape is not None and tuple(t.shape) != self.latent_shape:
+            raise RunError(
+                f"{self.name}: latent 'output' has shape {list(t.shape)} but stats.json says {list(self.latent_shape)}"
+            )
+        return t
+
+
+def init_kind(init_t: Sequence[int] | None, num_steps: int) -> str | None:
+    if not init_t:
+        return None
+    t = tuple(int(i) for i in init_t)
+    if t in PAPER_INIT_T.get(num_steps, set()):
+        return "ours"
+    gaps = {b - a for a, b in zip(t, t[1:])}
+    if len(t) >= 3 and len(gaps) == 1:
+        return "uniform"
+    return "custom"
+
+
+def _one_line(e: BaseException) -> str:
+    s = " ".join(str(e).split())
+    return s[:200]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def find_run_dirs(roots: Iterable[str | os.PathLike], problems: Problems) -> list[Path]:
+    """Every folder under ``roots`` holding a stats.json (a run folder), sorted, deduplicated.
+
+    Hidden folders (``.hydra``) are skipped; a folder with a ``.tmp-`` name, or with run files
+    but no stats.json, is reported as partial and skipped.
+    """
+    found: dict[str, Path] = {}
+    for root in roots:
+        root = Path(root)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            here = Path(dirpath)
+            if ".tmp-" in here.name:
+                problems.report(f"partial run folder (temporary name, still being written or aborted): {here}")
+                dirnames[:] = []
+                continue
+            if STATS in filenames:
+                found.setdefault(os.path.realpath(here), here)
+                dirnames[:] = []  # a run folder holds no run folders
+                continue
+            if _RUN_FILES & set(filenames):
+                problems.report(f"partial run folder (no {STATS}): {here}")
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return sorted(found.values())
+
+
+# --------------------------------------------------------------------------- loading
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "prompt": str,
+    "seed": int,
+    "model": str,
+    "media": str,
+    "algorithm": str,
+    "num_cores": int,
+    "num_steps": int,
+    "hits": list,
+    "rounds": int,
+    "nfe": int,
+    "output_index": int,
+    "output_round": int,
+    "timing": dict,
+}
+
+
+def _is(value: Any, typ) -> bool:
+    if typ is int or typ == (int,):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def _num(x: Any) -> float:
+    if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x)):
+        return float(x)
+    return math.nan
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Load and validate one run folder; raises RunError with a one-line reason."""
+    path = Path(path)
+    short = "/".join(path.parts[-3:])
+    try:
+        with open(path / STATS, encoding="utf-8") as f:
+            s = json.load(f)
+    except FileNotFoundError:
+        raise RunError(f"{short}: no {STATS}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{short}: {STATS} is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(s, dict):
+        raise RunError(f"{short}: {STATS} is not a JSON object")
+    fmt = s.get("format", 1)
+    if fmt != 1:
+        raise RunError(f"{short}: {STATS} format {fmt!r} is not supported (eval reads format 1)")
+    for key, typ in _REQUIRED.items():
+        if key not in s:
+            raise RunError(f"{short}: {STATS} lacks {key!r}")
+        if not _is(s[key], typ):
+            raise RunError(f"{short}: {STATS} field {key!r} has type {type(s[key]).__name__}")
+    if s["media"] not in ("image", "video"):
+        raise RunError(f"{short}: media {s['media']!r} is neither 'image' nor 'video'")
+    if s["num_cores"] < 1 or s["num_steps"] < 1:
+        raise RunError(f"{short}: num_cores and num_steps must be >= 1")
+    hits = []
+    for i, h in enumerate(s["hits"]):
+        if not isinstance(h, dict) or not _is(h.get("round"), int):
+            raise RunError(f"{short}: hits[{i}] lacks an integer 'round'")
+        hits.append(
+            HitInfo(
+                index=int(h.get("index", i)),
+                core=int(h.get("core", 0)) if _is(h.get("core", 0), int) else 0,
+                round=int(h["round"]),
+                wall_s=_num(h.get("wall_s")),
+                latent=str(h.get("latent") or f"hit_{i:02d}"),
+                media=h.get("media") if isinstance(h.get("media"), str) else None,
+            )
+        )
+    if not hits:
+        raise RunError(f"{short}: {STATS} has no hits")
+    oi = s["output_index"]
+    if not 0 <= oi < len(hits):
+        raise RunError(f"{short}: output_index {oi} is outside hits[0..{len(hits) - 1}]")
+    if hits[oi].round != s["output_round"]:
+        raise RunError(
+            f"{short}: output_round {s['output_round']} != hits[{oi}].round {hits[oi].round}"
+        )
+    if s["output_round"] < 1 or s["rounds"] < 1:
+        raise RunError(f"{short}: rounds and output_round must be >= 1")
+    timing = {k: _num(s["timing"].get(k)) for k in ("encode_s", "sample_s", "decode_s", "total_s")}
+    if math.isnan(timing["sample_s"]):
+        raise RunError(f"{short}: timing.sample_s is missing or not a number")
+    shape = s.get("latent_shape")
+    latent_shape = tuple(int(d) for d in shape) if isinstance(shape, list) and all(_is(d, int) for d in shape) else None
+    algo = s.get("algo") if isinstance(s.get("algo"), dict) else {}
+    init_t = algo.get("init_t")
+    init = tuple(int(i) for i in init_t) if isinstance(init_t, list) and all(_is(i, int) for i in init_t) else None
+    config = s.get("config") if isinstance(s.get("config"), dict) else {}
+    exp_label = config.get("experiment_label")
+    return Run(
+        path=path,
+        stats=s,
+        prompt=s["prompt"],
+        seed=s["seed"],
+        model=s["model"],
+        media=s["media"],
+        algorithm=s["algorithm"].lower(),
+        algo_tag=str(s.get("algo_tag") or s["algorithm"]),
+        algo=algo,
+        num_cores=s["num_cores"],
+        num_steps=s["num_steps"],
+        hits=hits,
+        rounds=s["rounds"],
+        nfe=s["nfe"],
+        output_index=oi,
+        output_round=s["output_round"],
+        timing=timing,
+        latent_shape=latent_shape,
+        media_files=[m for m in s.get("media_files") or [] if isinstance(m, str)],
+        hardware=str(s.get("hardware") or ""),
+        init_t=init,
+        experiment_label=str(exp_label) if isinstance(exp_label, str) and exp_label.strip() else None,
+    )
+
+
+def load_runs(roots: Iterable[str | os.PathLike], problems: Problems) -> list[Run]:
+    runs = []
+    for d in find_run_dirs(roots, problems):
+        try:
+            runs.append(load_run(d))
+        except RunError as e:
+            problems.report(f"corrupt run folder skipped: {e}")
+    return runs
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _facets(run: Run) -> dict[str, str]:
+    """The parts of an algorithm setting that a label may need to tell settings apart."""
+    a = run.algo
+    f: dict[str, str] = {}
+    if run.init_t:
+        f["init"] = run.init_label
+    sk = a.get("stopping_kwargs")
+    if isinstance(sk, dict) and sk.get("criterion"):
+        crit = str(sk["criterion"])
+        val = sk.get("index") if crit == "core_index" else sk.get("threshold") if crit == "residual" else None
+        f["stop"] = f"{crit}={_fmt(val)}" if val is not None else crit
+    for key, name in (("tolerance", "tol"), ("tol", "tol"), ("num_blocks", "blocks"), ("blocks", "blocks")):
+        if key in a and a[key] is not None and name not in f:
+            f[name] = _fmt(a[key])
+    return f
+
+
+def assign_labels(runs: list[Run], problems: Problems) -> None:
+    """Set ``base_label``, ``facets`` and ``method`` on every run.
+
+    The base label is ``config.experiment_label`` when the run sets it; otherwise the
+    algorithm's name, with " (uniform)" for CHORDS runs whose init sequence has equal gaps.
+    When one (model, base label, num_cores, num_steps) cell would hold several algorithm
+    settings, the facets that differ inside such a cell (init sequence, stop rule, tolerance,
+    blocks; the algo_tag as a last resort) are appended, e.g. "CHORDS (stop=core_index=2)", so
+    that every table row is one setting.
+    """
+    for r in runs:
+        if r.experiment_label:
+            r.base_label = r.experiment_label
+        else:
+            base = BASE_LABELS.get(r.algorithm, r.algorithm.upper() if len(r.algorithm) <= 5 else r.algorithm.title())
+            if r.algorithm == "chords" and r.init_kind == "uniform":
+                base += " (uniform)"
+            r.base_label = base
+        r.facets = _facets(r)
+        r.facets["tag"] = r.algo_tag
+
+    cells: dict[tuple, set[tuple]] = defaultdict(set)
+    for r in runs:
+        cells[(r.model, r.base_label, r.num_cores, r.num_steps)].add(tuple(sorted(r.facets.items())))
+    # Facet names that vary inside some cell, per (model, base label).
+    varying: dict[tuple, list[str]] = defaultdict(list)
+    for (model, base, _k, _n), settings in cells.items():
+        if len(settings) < 2:
+            continue
+        dicts = [dict(s) for s in settings]
+        names = [n for n in ("init", "stop", "tol", "blocks") if len({d.get(n) for d in dicts}) > 1]
+        if not names:
+            names = ["tag"]
+        for n in names:
+            if n not in varying[(model, base)]:
+                varying[(model, base)].append(n)
+    for r in runs:
+        names = varying.get((r.model, r.base_label))
+        if names and not r.experiment_label:
+            extra = ", ".join(f"{n}={r.facets.get(n, '-')}" if n != "tag" else r.facets["tag"] for n in names)
+            r.method = f"{r.base_label} ({extra})" if "(" not in r.base_label else f"{r.base_label[:-1]}, {extra})"
+        else:
+            r.method = r.base_label
+    for (model, base), names in sorted(varying.items()):
+        problems.report(
+            f"model {model}: several '{base}' settings share a cell; rows are told apart by {', '.join(names)} "
+            f"(set config.experiment_label in the runs to name them)"
+        )
+
+
+def method_sort_key(label: str) -> tuple:
+    for i, base in enumerate(METHOD_ORDER):
+        if label == base:
+            return (i, 0, label)
+        if label.startswith(base):
+            return (i, 1, label)
+    return (len(METHOD_ORDER), 0, label)
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def pair_references(runs: list[Run], problems: Problems) -> dict[Path, Run]:
+    """Map each run's path to its sequential reference run (a sequential run maps to the chosen one).
+
+    Runs without a reference are reported, one line per (model, method, K, N) cell, and get no
+    entry. When several sequential runs share a key, the first by path is the reference.
+    """
+    seqs: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        if r.is_sequential:
+            seqs[r.pair_key].append(r)
+    for key, lst in seqs.items():
+        lst.sort(key=lambda r: str(r.path))
+        if len(lst) > 1:
+            problems.report(
+                f"{len(lst)} sequential runs for model {key[0]}, seed {key[2]}, N={key[3]}, prompt {key[1][:40]!r}: "
+                f"using {lst[0].name} as the reference"
+            )
+    refs: dict[Path, Run] = {}
+    missing: dict[tuple, list[Run]] = defaultdict(list)
+    shape_mismatch: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        cands = seqs.get(r.pair_key, [])
+        if not cands:
+            missing[(r.model, r.method, r.num_cores, r.num_steps)].append(r)
+            continue
+        same = [c for c in cands if c.latent_shape == r.latent_shape or c.latent_shape is None or r.latent_shape is None]
+        if not same:
+            shape_mismatch[(r.model, r.method, r.num_cores, r.num_steps)].append(r)
+            continue
+        refs[r.path] = same[0]
+    seq_seeds: dict[tuple, set[int]] = defaultdict(set)
+    for (model, _p, seed, n) in seqs:
+        seq_seeds[(model, n)].add(seed)
+    for (model, method, k, n), lst in sorted(missing.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        seeds = sorted({r.seed for r in lst})
+        have = sorted(seq_seeds.get((model, n), set()))
+        why = (
+            f"no sequential run of model {model} with N={n} at all"
+            if not have
+            else f"their seeds {seeds[:5]}{'...' if len(seeds) > 5 else ''}, sequential seeds at N={n}: "
+            f"{have[:5]}{'...' if len(have) > 5 else ''}, or the prompt differs"
+        )
+        problems.report(
+            f"{model} / {method} / K={k} / N={n}: {len(lst)} run(s) have no sequential reference "
+            f"(same model, prompt, seed, num_steps) — {why}; left out of this cell"
+        )
+    for (model, method, k, n), lst in sorted(shape_mismatch.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        problems.report(
+            f"{model} / {method} / K={k} / N={n}: {len(lst)} run(s) differ in latent_shape from their sequential "
+            f"reference (e.g. {list(lst[0].latent_shape or [])}); left out of this cell"
+        )
+    return refs

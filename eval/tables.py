@@ -1,0 +1,352 @@
+"""The paper's tables from the per-cell summary, as markdown, CSV and LaTeX.
+
+* Table 1 (video models) / Table 2 (image models): rows model x method; a column group per
+  core count K with Time per sample, Speedup, quality (VBench Quality / CLIP Score) and Latent
+  RMSE. The Sequential row repeats in every group with "-" for speedup and RMSE, as the paper
+  prints it.
+* Table 3 (init-sequence ablation): CHORDS rows per (K, initialization sequence: "Ours" for
+  the paper's presets, "Uniform" for equal gaps, else the sequence itself); a column group per
+  model with Speedup and quality.
+* Table 4: CHORDS (``table4.algorithms``) per model, method, K and step count N: Time per
+  sample, Speedup, quality, Latent RMSE.
+
+Cells: "-" not applicable (Sequential's speedup and RMSE), "n/a" not measured (e.g. CLIP not
+enabled, latents unreadable), blank when no run exists for the cell. The CSV holds the same
+cells at full precision (blank for all three).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from .runs import method_sort_key
+
+log = logging.getLogger("eval")
+
+TABLES = ("table1", "table2", "table3", "table4")
+FORMATS = ("md", "csv", "tex")
+
+QUALITY = {"image": "clip_score", "video": "vbench_quality"}
+LABELS = {
+    "time": ("Time per sample (s)", "down"),
+    "speedup": ("Speedup", "up"),
+    "clip_score": ("CLIP Score", "up"),
+    "vbench_quality": ("VBench Quality", "up"),
+    "latent_rmse": ("Latent RMSE", "down"),
+}
+NA = "n/a"  # measured quantity without a value
+DASH = "-"  # not applicable
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    numeric: pd.DataFrame  # full precision, NaN where no value (CSV)
+    display: pd.DataFrame  # formatted strings; columns are metric keys or (group, metric key)
+
+
+def _label(metric: str, fmt: str) -> str:
+    text, arrow = LABELS[metric]
+    if fmt == "tex":
+        return f"{text} $\\{arrow}arrow$"
+    return f"{text} {'↑' if arrow == 'up' else '↓'}"
+
+
+def format_value(metric: str, value: float, decimals: dict) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    if metric == "vbench_quality":
+        return f"{100.0 * value:.{int(decimals.get('vbench_quality', 1))}f}%"
+    key = "time" if metric == "time" else metric
+    return f"{value:.{int(decimals.get(key, 3))}f}"
+
+
+def choose_steps(summary: pd.DataFrame, wanted: int | None, problems) -> dict[str, int]:
+    """The step count N that tables 1-3 and the figures use, per model (see configs/eval.yaml)."""
+    chosen: dict[str, int] = {}
+    for model, g in summary.groupby("model", sort=True):
+        counts = g.groupby("num_steps")["n_runs"].sum()
+        if wanted is not None:
+            n = int(wanted)
+            if n not in counts.index:
+                problems.report(
+                    f"model {model}: no runs with num_steps={n} (found {', '.join(map(str, counts.index))}); "
+                    f"left out of tables 1-3 and the figures"
+                )
+                continue
+        elif 50 in counts.index:
+            n = 50
+        else:
+            n = int(sorted(counts.index, key=lambda s: (-counts[s], s))[0])
+        chosen[model] = n
+        others = [int(s) for s in counts.index if s != n]
+        if others:
+            problems.report(
+                f"model {model}: mixed step counts; tables 1-3 and the figures use N={n}, runs with "
+                f"num_steps {', '.join(map(str, others))} are left out of them (table4 shows every N; "
+                f"filter.num_steps chooses)"
+            )
+    return chosen
+
+
+def _at_steps(summary: pd.DataFrame, steps: dict[str, int]) -> pd.DataFrame:
+    if summary.empty:
+        return summary
+    mask = summary.apply(lambda r: steps.get(r["model"]) == r["num_steps"], axis=1)
+    return summary[mask.astype(bool)]
+
+
+def _time_col(time: str) -> str:
+    return "time_total_s" if time == "total" else "time_sample_s"
+
+
+def _value(cell: pd.Series | None, metric: str, time: str) -> float:
+    if cell is None:
+        return math.nan
+    col = _time_col(time) if metric == "time" else metric
+    v = cell.get(col, math.nan)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def main_table(
+    summary: pd.DataFrame, media: str, steps: dict[str, int], time: str, decimals: dict, name: str
+) -> Table | None:
+    """Table 1 (media='video') or Table 2 (media='image')."""
+    s = _at_steps(summary[summary["media"] == media], steps)
+    if s.empty:
+        return None
+    quality = QUALITY[media]
+    metrics = ["time", "speedup", quality, "latent_rmse"]
+    ks = sorted(int(k) for k in s.loc[s["algorithm"] != "sequential", "num_cores"].unique())
+    if not ks:
+        ks = [1]
+    rows_num, rows_disp, index = [], [], []
+    for model in sorted(s["model"].unique()):
+        m = s[s["model"] == model]
+        for method in sorted(m["method"].unique(), key=method_sort_key):
+            mm = m[m["method"] == method]
+            is_seq = bool((mm["algorithm"] == "sequential").all())
+            num, disp = [], []
+            for k in ks:
+                if is_seq:
+                    cell = mm.iloc[0]  # num_cores 1: the same cell in every K group
+                else:
+                    hit = mm[mm["num_cores"] == k]
+                    cell = hit.iloc[0] if len(hit) else None
+                for metric in metrics:
+                    if is_seq and metric in ("speedup", "latent_rmse"):
+                        num.append(math.nan)
+                        disp.append(DASH)
+                    elif cell is None:
+                        num.append(math.nan)
+                        disp.append("")
+                    else:
+                        v = _value(cell, metric, time)
+                        num.append(v)
+                        disp.append(format_value(metric, v, decimals))
+            index.append((model, method))
+            rows_num.append(num)
+            rows_disp.append(disp)
+    idx = pd.MultiIndex.from_tuples(index, names=["Model", "Method"])
+    num_cols = [f"K{k}_{'time_s' if mt == 'time' else mt}" for k in ks for mt in metrics]
+    numeric = pd.DataFrame(rows_num, index=idx, columns=num_cols)
+    disp_cols = pd.MultiIndex.from_tuples([(f"Num Core = {k}", mt) for k in ks for mt in metrics])
+    display = pd.DataFrame(rows_disp, index=idx, columns=disp_cols)
+    what = "video diffusion models (VBench Quality)" if media == "video" else "image diffusion models (CLIP Score)"
+    caption = f"Parallel diffusion solvers on {what}; N per model: " + ", ".join(
+        f"{m}={n}" for m, n in sorted(steps.items()) if m in set(s["model"])
+    )
+    return Table(name, caption, numeric, display)
+
+
+def sequence_label(init_kind: str, init_t: str) -> str:
+    if init_kind == "ours":
+        return "Ours"
+    if init_kind == "uniform":
+        return "Uniform"
+    return init_t or "?"
+
+
+def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict) -> Table | None:
+    s = _at_steps(summary[summary["algorithm"] == "chords"], steps)
+    if s.empty:
+        return None
+    s = s.copy()
+    s["sequence"] = [sequence_label(k, t) for k, t in zip(s["init_kind"], s["init_t"])]
+    models = sorted(s["model"].unique())
+    # A third index level only when one (K, sequence) holds several CHORDS settings.
+    need_method = bool((s.groupby(["model", "num_cores", "sequence"])["method"].nunique() > 1).any())
+    keys = sorted(
+        {(int(r.num_cores), r.sequence, r.method if need_method else "") for r in s.itertuples()},
+        key=lambda t: (-t[0], t[1] != "Ours", t[1] != "Uniform", t[1], t[2]),
+    )
+    rows_num, rows_disp = [], []
+    cols_num, cols_disp = [], []
+    for model in models:
+        media = s.loc[s["model"] == model, "media"].iloc[0]
+        for metric in ("speedup", QUALITY[media]):
+            cols_num.append(f"{model}_{metric}")
+            cols_disp.append((model, metric))
+    for k, seqlab, method in keys:
+        num, disp = [], []
+        for model in models:
+            media = s.loc[s["model"] == model, "media"].iloc[0]
+            sel = s[(s["model"] == model) & (s["num_cores"] == k) & (s["sequence"] == seqlab)]
+            if need_method:
+                sel = sel[sel["method"] == method]
+            cell = sel.iloc[0] if len(sel) else None
+            for metric in ("speedup", QUALITY[media]):
+                v = _value(cell, metric, "sample")
+                num.append(v)
+                disp.append("" if cell is None else format_value(metric, v, decimals))
+        rows_num.append(num)
+        rows_disp.append(disp)
+    names = ["Num Core", "Initialization Sequence"] + (["Method"] if need_method else [])
+    idx = pd.MultiIndex.from_tuples([k if need_method else k[:2] for k in keys], names=names)
+    numeric = pd.DataFrame(rows_num, index=idx, columns=cols_num)
+    display = pd.DataFrame(rows_disp, index=idx, columns=pd.MultiIndex.from_tuples(cols_disp))
+    caption = "Ablation of the CHORDS initialization sequence; N per model: " + ", ".join(
+        f"{m}={steps[m]}" for m in models
+    )
+    return Table("table3", caption, numeric, display)
+
+
+def table4(
+    summary: pd.DataFrame, algorithms: Sequence[str], time: str, decimals: dict
+) -> Table | None:
+    algs = {a.lower() for a in algorithms} if algorithms else None
+    s = summary[summary["algorithm"] != "sequential"]
+    if algs is not None:
+        s = s[s["algorithm"].isin(algs)]
+    if s.empty:
+        return None
+    medias = [m for m in ("video", "image") if m in set(s["media"])]
+    metrics = ["time", "speedup", *[QUALITY[m] for m in medias], "latent_rmse"]
+    s = s.sort_values(
+        ["model", "method", "num_cores", "num_steps"],
+        key=lambda c: c.map(method_sort_key) if c.name == "method" else c,
+    )
+    rows_num, rows_disp, index = [], [], []
+    for r in s.itertuples(index=False):
+        cell = pd.Series(r._asdict())
+        num, disp = [], []
+        for metric in metrics:
+            if metric in QUALITY.values() and QUALITY[cell["media"]] != metric:
+                num.append(math.nan)
+                disp.append("")
+                continue
+            v = _value(cell, metric, time)
+            num.append(v)
+            disp.append(format_value(metric, v, decimals))
+        index.append((cell["model"], cell["method"], int(cell["num_cores"]), int(cell["num_steps"])))
+        rows_num.append(num)
+        rows_disp.append(disp)
+    idx = pd.MultiIndex.from_tuples(index, names=["Model", "Method", "Num Core", "Total Steps"])
+    numeric = pd.DataFrame(rows_num, index=idx, columns=["time_s" if m == "time" else m for m in metrics])
+    display = pd.DataFrame(rows_disp, index=idx, columns=list(metrics))
+    return Table("table4", "Parallel sampling with different numbers of diffusion steps N", numeric, display)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\^{}", "$": r"\$"}
+
+
+def _tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(s))
+
+
+def _header(col, fmt: str) -> str | tuple:
+    """Column label for a format: metric keys become 'Speedup ↑' (md) or 'Speedup $\\uparrow$' (tex)."""
+    if isinstance(col, tuple):
+        return tuple(_header(c, fmt) for c in col)
+    if col in LABELS:
+        return _label(col, fmt)
+    return _tex_escape(col) if fmt == "tex" else str(col)
+
+
+def to_markdown(t: Table) -> str:
+    d = t.display.copy()
+    cols = [_header(c, "md") for c in d.columns]
+    d.columns = [" ".join(c).replace("Num Core = ", "K=") if isinstance(c, tuple) else c for c in cols]
+    d = d.reset_index()
+    return f"{t.caption}\n\n" + d.to_markdown(index=False, stralign="right", disable_numparse=True) + "\n"
+
+
+def to_csv(t: Table) -> str:
+    return t.numeric.reset_index().to_csv(index=False)
+
+
+def to_latex(t: Table) -> str:
+    d = t.display.map(_tex_escape)
+    cols = [_header(c, "tex") for c in d.columns]
+    d.columns = pd.MultiIndex.from_tuples(cols) if isinstance(cols[0], tuple) else cols
+    d.index = pd.MultiIndex.from_tuples(
+        [tuple(_tex_escape(p) for p in (i if isinstance(i, tuple) else (i,))) for i in d.index],
+        names=[_tex_escape(n) for n in d.index.names],
+    )
+    return d.to_latex(
+        multicolumn=True,
+        multicolumn_format="c",
+        multirow=True,
+        escape=False,
+        caption=_tex_escape(t.caption),
+        label=f"tab:{t.name}",
+    )
+
+
+def write_table(t: Table, out: Path, formats: Iterable[str]) -> list[Path]:
+    written = []
+    for fmt in formats:
+        path = Path(out) / f"{t.name}.{fmt}"
+        if fmt == "md":
+            text = to_markdown(t)
+        elif fmt == "csv":
+            text = to_csv(t)
+        elif fmt == "tex":
+            text = to_latex(t)
+        else:  # validated by the CLI
+            raise ValueError(fmt)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def build_tables(
+    summary: pd.DataFrame,
+    names: Sequence[str],
+    steps: dict[str, int],
+    time: str,
+    decimals: dict,
+    table4_algorithms: Sequence[str] | None,
+) -> dict[str, Table]:
+    """The requested tables that have data (a table without data is logged and skipped)."""
+    built: dict[str, Table] = {}
+    for name in names:
+        if name == "table1":
+            t = main_table(summary, "video", steps, time, decimals, "table1")
+        elif name == "table2":
+            t = main_table(summary, "image", steps, time, decimals, "table2")
+        elif name == "table3":
+            t = table3(summary, steps, decimals)
+        elif name == "table4":
+            t = table4(summary, table4_algorithms or [], time, decimals)
+        else:
+            raise ValueError(name)
+        if t is None:
+            what = {"table1": "video runs", "table2": "image runs", "table3": "CHORDS runs", "table4": "runs of the table4 algorithms"}[name]
+            log.info("%s: no %s found; not written", name, what)
+        else:
+            built[name] = t
+    return built
