@@ -162,6 +162,7 @@ class ResultCache:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.dirty = False
         self.data: dict[str, Any] = {}
         if path is not None and path.is_file():
             try:
@@ -187,9 +188,10 @@ class ResultCache:
 
     def put(self, key: str, stamp: str, value) -> None:
         self.data[key] = {"stamp": stamp, "value": value}
+        self.dirty = True
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -258,6 +260,8 @@ def _clip_scores(runs, cfg: dict, cache: ResultCache, problems) -> dict[Path, fl
         for r, _m, stamp in todo:
             v = got.get(str(r.path), math.nan)
             scores[r.path] = v
+            if math.isnan(v):
+                problems.report(f"{r.name}: image unreadable; left out of CLIP score")
             if use_cache and not math.isnan(v):
                 cache.put(f"{tag}|{r.path.resolve()}", stamp, v)
     return scores

@@ -200,8 +200,8 @@ def score_files(scorer: ClipScorer, items: Sequence[tuple[str, Path, str]], batc
             with Image.open(path) as im:
                 im.load()
                 batch.append((key, im.copy(), caption))
-        except Exception as e:  # unreadable media: this run has no CLIP score
-            log.warning("image unreadable, left out of CLIP score: %s (%s)", path, type(e).__name__)
+        except Exception as e:  # unreadable media: this run has no CLIP score (the caller reports it)
+            log.debug("image unreadable: %s (%s)", path, type(e).__name__)
             results[key] = math.nan
         if len(batch) >= batch_size:
             flush()

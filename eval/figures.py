@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -68,13 +67,18 @@ def figure4(summary: pd.DataFrame, steps: dict[str, int], out: Path, formats: Se
         axes[0].axhline(1.0, color="gray", ls=":", lw=1)
         if len(seq) and qcol in seq and pd.notna(seq[qcol].iloc[0]):
             axes[1].axhline(float(seq[qcol].iloc[0]) * scale, color="gray", ls="--", lw=1, label="Sequential")
-        if not axes[1].lines:
+        empty_quality = not axes[1].lines
+        if empty_quality:
             axes[1].text(0.5, 0.5, f"{QUALITY_LABEL[qcol]}\nnot computed", ha="center", va="center",
                          transform=axes[1].transAxes, color="gray")
         for ax, ylabel in zip(axes, ["Speedup (rounds)", QUALITY_LABEL[qcol], "Latent RMSE"]):
             ax.set_xlabel("Number of cores K")
             ax.set_ylabel(ylabel)
-            ax.set_xticks(sorted(int(k) for k in par["num_cores"].unique()))
+            if ax is axes[1] and empty_quality:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ax.set_xticks(sorted(int(k) for k in par["num_cores"].unique()))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"Scaling with the number of cores: {model} (N={steps[model]})")
@@ -154,6 +158,3 @@ def figure5(data: pd.DataFrame, distance: str, reference: str, out: Path, format
         written += _save(fig, out, f"figure5_{_safe(model)}", formats)
     return written
 
-
-def has_finite(values: Iterable[float]) -> bool:
-    return any(isinstance(v, float) and math.isfinite(v) for v in values)

@@ -1,0 +1,173 @@
+"""VBench Quality Score: the normalisation by hand, the worker protocol, clear errors, and an
+end-to-end temporal_flickering run when a VBench environment is present (VBENCH_PYTHON)."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.cli import main, run_eval
+from eval.vbench_quality import QUALITY_DIMENSIONS, VBenchUnavailable, evaluate_videos, preflight, quality_score
+from tests.test_eval import eval_cfg, read_csv, shifted, write_run
+
+VBENCH_PYTHON = os.environ.get("VBENCH_PYTHON")
+needs_vbench = pytest.mark.skipif(
+    not (VBENCH_PYTHON and os.path.isfile(VBENCH_PYTHON)),
+    reason="no VBench environment: set VBENCH_PYTHON to the python made by scripts/setup_vbench_env.sh",
+)
+
+
+def test_quality_score_by_hand():
+    v = {
+        "subject_consistency": 0.95,
+        "background_consistency": 0.96,
+        "temporal_flickering": 0.97,
+        "motion_smoothness": 0.98,
+        "dynamic_degree": 0.5,
+        "aesthetic_quality": 0.6,
+        "imaging_quality": 0.65,
+    }
+    expected = (
+        (0.95 - 0.1462) / (1 - 0.1462)
+        + (0.96 - 0.2615) / (1 - 0.2615)
+        + (0.97 - 0.6293) / (1 - 0.6293)
+        + (0.98 - 0.706) / (0.9975 - 0.706)
+        + 0.5 * 0.5
+        + 0.6
+        + 0.65
+    ) / 6.5
+    assert quality_score(v) == pytest.approx(expected)
+    assert quality_score({d: hi for d, (lo, hi, w) in QUALITY_DIMENSIONS.items()}) == pytest.approx(1.0)
+    assert quality_score({d: lo for d, (lo, hi, w) in QUALITY_DIMENSIONS.items()}) == pytest.approx(0.0)
+    partial = dict(v)
+    del partial["dynamic_degree"]
+    assert math.isnan(quality_score(partial))
+    assert quality_score(partial, allow_partial=True) == pytest.approx((expected * 6.5 - 0.25) / 6.0)
+    assert quality_score({"temporal_flickering": 0.9}, allow_partial=True) == pytest.approx((0.9 - 0.6293) / 0.3707)
+    assert math.isnan(quality_score({}, allow_partial=True))
+
+
+def test_no_vbench_python_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VBENCH_PYTHON", raising=False)
+    root = tmp_path / "runs"
+    write_run(root, model="tiny-vid", media="video")
+    out = tmp_path / "eval_out"
+    code = main([f"runs=[{root}]", f"out={out}", "vbench.enabled=true"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("eval:")]
+    assert code == 2 and len(lines) == 1 and "vbench.python is not set" in lines[0]
+    assert "scripts/setup_vbench_env.sh" in lines[0] and not out.exists()
+    code = main([f"runs=[{root}]", f"out={out}", "vbench.enabled=true", f"vbench.python={tmp_path / 'nope'}"])
+    assert code == 2 and "is not an executable python" in capsys.readouterr().err and not out.exists()
+    code = main([f"runs=[{root}]", f"out={out}", "vbench.enabled=true", f"vbench.python={sys.executable}",
+                 "vbench.dimensions=[temporal_flickering,overall_vibes]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "vbench.dimensions: unknown 'overall_vibes'; accepted: subject_consistency" in err
+    assert not out.exists()
+
+
+def test_worker_protocol_without_vbench(tmp_path):
+    """The worker runs under any python; without vbench it answers one clear line."""
+    import importlib.util
+
+    if importlib.util.find_spec("vbench") is not None:
+        pytest.skip("vbench is importable in this environment")
+    with pytest.raises(VBenchUnavailable, match=r"vbench does not import in .*ModuleNotFoundError"):
+        preflight(sys.executable, ["temporal_flickering"])
+
+
+# --------------------------------------------------------------------------- with a VBench environment
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
+    import imageio.v2 as imageio
+
+    imageio.mimwrite(path, frames, fps=fps, codec="libx264", quality=10, macro_block_size=16)
+
+
+def _flicker_by_hand(path: Path) -> float:
+    """VBench's temporal_flickering: (255 - mean over frame pairs of mean |f[i+1] - f[i]|) / 255."""
+    import imageio.v2 as imageio
+
+    frames = [f.astype(np.float32) for f in imageio.mimread(path)]
+    maes = [np.mean(np.abs(b - a)) for a, b in zip(frames, frames[1:])]
+    return (255.0 - float(np.mean(maes))) / 255.0
+
+
+def _synthetic_videos(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 200, (64, 64, 3), dtype=np.uint8)
+    still = [base.copy() for _ in range(8)]
+    flicker = [np.clip(base.astype(int) + (i % 2) * 50, 0, 255).astype(np.uint8) for i in range(8)]
+    vids = {}
+    for name, frames in (("still", still), ("flicker", flicker)):
+        vids[name] = tmp_path / f"{name}.mp4"
+        _write_video(vids[name], frames)
+    return vids
+
+
+@needs_vbench
+def test_temporal_flickering_end_to_end(tmp_path):
+    vids = _synthetic_videos(tmp_path)
+    got = evaluate_videos({k: (p, "a synthetic video") for k, p in vids.items()}, ["temporal_flickering"],
+                          tmp_path / "work", VBENCH_PYTHON)
+    assert set(got) == {"still", "flicker"}
+    for k, p in vids.items():
+        assert got[k]["temporal_flickering"] == pytest.approx(_flicker_by_hand(p), abs=5e-3)
+    assert got["still"]["temporal_flickering"] > 0.99 > got["flicker"]["temporal_flickering"]
+
+
+@needs_vbench
+def test_table1_vbench_column_through_the_pipeline(tmp_path):
+    vids = _synthetic_videos(tmp_path)
+    root = tmp_path / "out"
+    p = "a cat"
+    write_run(root, model="tiny-vid", media="video", prompt=p, video=vids["still"])
+    write_run(root, model="tiny-vid", media="video", algorithm="chords", prompt=p, num_cores=4, init_t=[0, 8, 16, 32],
+              hits=[(4, 20, shifted(p, 0, 0.4))], rounds=50, video=vids["flicker"])
+    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={VBENCH_PYTHON}", "vbench.enabled=true",
+                            "vbench.dimensions=[temporal_flickering]", "vbench.allow_partial=true", "figures=[]"))
+    t1 = read_csv(tmp_path / "eval_out" / "table1.csv").set_index(["Model", "Method"])
+    for method, video in (("Sequential", "still"), ("CHORDS", "flicker")):
+        x = _flicker_by_hand(vids[video])
+        assert t1.loc[("tiny-vid", method), "K4_vbench_quality"] == pytest.approx((x - 0.6293) / (1 - 0.6293), abs=2e-2)
+    md = (tmp_path / "eval_out" / "table1.md").read_text()
+    assert "%" in md
+    # Without allow_partial a single dimension gives no Quality Score ("n/a"), never a wrong one.
+    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={VBENCH_PYTHON}", "vbench.enabled=true",
+                            "vbench.dimensions=[temporal_flickering]", "figures=[]"))
+    assert res.summary["vbench_quality"].isna().all()
+    assert res.summary["vbench_temporal_flickering"].notna().all()
+
+
+@needs_vbench
+def test_missing_vbench_weights_name_what_to_fetch(tmp_path, capsys):
+    with pytest.raises(VBenchUnavailable, match=r"amt_model/amt-s\.pth \(motion_smoothness; from https://"):
+        preflight(VBENCH_PYTHON, ["temporal_flickering", "motion_smoothness"], cache_dir=str(tmp_path / "empty"))
+    root = tmp_path / "runs"
+    write_run(root, model="tiny-vid", media="video")
+    out = tmp_path / "eval_out"
+    code = main([f"runs=[{root}]", f"out={out}", "vbench.enabled=true", f"vbench.python={VBENCH_PYTHON}",
+                 f"vbench.cache_dir={tmp_path / 'empty'}"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("eval:")]
+    assert code == 2 and len(lines) == 1 and "VBench weights missing under" in lines[0]
+    for rel in ("dino_vitbase16_pretrain.pth", "ViT-B-32.pt", "raft-things.pth", "musiq_spaq_ckpt-358bb6af.pth"):
+        assert rel in lines[0]
+    assert not out.exists()
+
+
+def test_setup_script_is_valid_bash():
+    script = Path(__file__).resolve().parent.parent / "scripts" / "setup_vbench_env.sh"
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = script.read_text()
+    assert "vbench==0.1.5" in text and "setuptools<81" in text and "torch===2.13.0" in text
