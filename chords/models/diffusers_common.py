@@ -56,6 +56,18 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def _dtype_kwarg() -> str:
+    """diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (the old name still works, with a warning)."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:  # pragma: no cover - older diffusers
+        return "torch_dtype"
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+DTYPE_KWARG = _dtype_kwarg()
+
+
 def torch_dtype(name: Any) -> torch.dtype:
     """Map a config dtype name ("bfloat16", "float16", "float32", ...) to a torch dtype."""
     if isinstance(name, torch.dtype):
@@ -392,19 +404,23 @@ class DiffusersAdapter(Adapter):
 
     def _load_real(self, cfg: Mapping[str, Any]) -> None:
         path = str(cfg_get(cfg, "model_path"))
-        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        common: dict[str, Any] = {}
         if cfg_get(cfg, "cache_dir"):
-            kwargs["cache_dir"] = str(cfg_get(cfg, "cache_dir"))
+            common["cache_dir"] = str(cfg_get(cfg, "cache_dir"))
+        kwargs = {**common, DTYPE_KWARG: self.dtype}
         if self.role == "denoiser":
             cls = self._diffusers(self.transformer_class)
             self.transformer = cls.from_pretrained(path, subfolder="transformer", **kwargs)
             return
-        kwargs.update(self.pipeline_overrides(cfg, kwargs))
+        kwargs.update(self.pipeline_overrides(cfg, common))
         self.pipe = self._diffusers(self.pipeline_class).from_pretrained(path, **kwargs)
         self.transformer = self.pipe.transformer
 
-    def pipeline_overrides(self, cfg: Mapping[str, Any], load_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Components to load differently from the checkpoint's defaults (e.g. Wan's float32 VAE)."""
+    def pipeline_overrides(self, cfg: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+        """Components to load differently from the checkpoint's defaults (e.g. Wan's float32 VAE).
+
+        ``common``: the keyword arguments every ``from_pretrained`` call gets (``cache_dir``).
+        """
         return {}
 
     def configure_pipeline(self, pipe) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from chords.models.base import Encoded
 from chords.models.diffusers_common import (
+    DTYPE_KWARG,
     DiffusersAdapter,
     cfg_get,
     save_videos,
@@ -78,12 +79,11 @@ class WanAdapter(DiffusersAdapter):
         if vae is not None:
             vae.to(dtype=torch.float32)  # Wan's VAE stays float32
 
-    def pipeline_overrides(self, cfg: Mapping[str, Any], load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def pipeline_overrides(self, cfg: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
         from diffusers import AutoencoderKLWan
 
-        extra = {k: v for k, v in load_kwargs.items() if k != "torch_dtype"}
         vae = AutoencoderKLWan.from_pretrained(str(cfg_get(cfg, "model_path")), subfolder="vae",
-                                               torch_dtype=torch.float32, **extra)
+                                               **{DTYPE_KWARG: torch.float32}, **common)
         return {"vae": vae}
 
     def configure_pipeline(self, pipe) -> None:
