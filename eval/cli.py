@@ -395,6 +395,12 @@ def run_eval(cfg: dict) -> EvalResult:
                 (m, me, int(k), int(n)) in shown_keys
                 for m, me, k, n in zip(summary["model"], summary["method"], summary["num_cores"], summary["num_steps"])
             ]].reset_index(drop=True)
+        for _, row in summary.iterrows():
+            if "," in str(row.get("hardware", "")):
+                problems.report(
+                    f"{row['model']} / {row['method']} / K={row['num_cores']} / N={row['num_steps']}: runs on different "
+                    f"hardware ({row['hardware']}) share this cell; its times average over them"
+                )
         files: list[Path] = []
         df.to_csv(out / "runs.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)

@@ -60,6 +60,7 @@ def write_run(
     image: bool = False,
     video: Path | None = None,
     dtype: torch.dtype = torch.float32,
+    hardware: str = "cpu",
 ) -> Path:
     """Write one complete run folder; returns its path.
 
@@ -110,7 +111,7 @@ def write_run(
         "algo": algo,
         "num_cores": num_cores,
         "num_steps": num_steps,
-        "hardware": "cpu",
+        "hardware": hardware,
         "world_size": num_cores,
         "hits": [
             {"index": i, "core": c, "round": r, "wall_s": sample_s * r / rounds, "latent": f"hit_{i:02d}", "media": None}
@@ -356,6 +357,27 @@ def test_labels_experiment_label_and_disambiguation(tmp_path):
     s = res.summary.set_index("method")
     assert s.loc["CHORDS (stop=core_index=2)", "speedup"] == pytest.approx(50 / 30)
     assert s.loc["SRDS (pipelined)", "speedup"] == pytest.approx(50 / 28)
+
+
+def test_filters(tmp_path):
+    image_sweep(tmp_path / "out")
+    video_sweep(tmp_path / "out")
+    res = run_eval(eval_cfg(tmp_path, [tmp_path / "out"], "filter.models=[tiny-img]", "filter.methods=[CHORDS]",
+                            "filter.num_cores=[8]", "figures=[]"))
+    cells = set(zip(res.summary["method"], res.summary["num_cores"]))
+    assert cells == {("Sequential", 1), ("CHORDS", 8)}  # Sequential always stays
+    t2 = read_csv(tmp_path / "eval_out" / "table2.csv")
+    assert list(t2.columns)[2:] == ["K8_time_s", "K8_speedup", "K8_clip_score", "K8_latent_rmse"]
+    assert set(res.summary["model"]) == {"tiny-img"}
+
+
+def test_mixed_hardware_in_a_cell_is_reported(tmp_path):
+    root = tmp_path / "out"
+    write_run(root, prompt=P1, hardware="cpu", sample_s=2.0)
+    write_run(root, prompt=P2, hardware="gpu", sample_s=1.0)
+    res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
+    assert any("different hardware (cpu,gpu)" in p for p in res.problems)
+    assert res.summary["time_sample_s"].iloc[0] == pytest.approx(1.5)
 
 
 # --------------------------------------------------------------------------- robustness
