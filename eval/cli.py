@@ -306,8 +306,6 @@ def _vbench_values(runs, cfg: dict, cache: ResultCache, out: Path, problems) -> 
 
 def run_eval(cfg: dict) -> EvalResult:
     """The whole stage on a validated config (see :func:`validate`). Raises UsageError."""
-    import pandas as pd
-
     from . import figures as F
     from . import tables as T
     from .clip_score import ClipConfigError, ClipWeightsMissing, locate_weights
@@ -320,10 +318,20 @@ def run_eval(cfg: dict) -> EvalResult:
     if not runs:
         raise UsageError(f"no run folders (with stats.json) found under runs={cfg['runs']}")
     flt = cfg.get("filter") or {}
+    found_models = sorted({r.model for r in runs})
+    for m in flt.get("models") or []:
+        if str(m) not in found_models:
+            raise UsageError(f"filter.models: no runs of model {str(m)!r}; found: {', '.join(found_models)}")
     runs = _filter_runs(runs, flt)
-    if not runs:
-        raise UsageError(f"filter.models={flt.get('models')} matches none of the runs found")
     assign_labels(runs, problems)
+    found_methods = sorted({r.method for r in runs})
+    for m in flt.get("methods") or []:
+        if str(m) not in found_methods:
+            raise UsageError(f"filter.methods: no runs labelled {str(m)!r}; found: {', '.join(found_methods)}")
+    found_cores = sorted({r.num_cores for r in runs if not r.is_sequential})
+    for k in flt.get("num_cores") or []:
+        if k not in found_cores:
+            raise UsageError(f"filter.num_cores: no runs with {k} cores; found: {', '.join(map(str, found_cores)) or 'none'}")
     refs = pair_references(runs, problems)
     shown = [r for r in runs if _shown(r, flt)]
     needed = {r.path: r for r in shown}

@@ -580,6 +580,9 @@ def test_cli_end_to_end(tmp_path):
         (["runs=[{runs}]", "out={file}/x"], "cannot be created"),
         (["runs=[{runs}]", "out={file}"], "exists and is not a folder"),
         (["--frobnicate"], "unknown option '--frobnicate'"),
+        (["runs=[{runs}]", "filter.models=[flux]"], "filter.models: no runs of model 'flux'; found: tiny-img"),
+        (["runs=[{runs}]", "filter.methods=[Ours]"], "filter.methods: no runs labelled 'Ours'; found: Sequential"),
+        (["runs=[{runs}]", "filter.num_cores=[3]"], "filter.num_cores: no runs with 3 cores; found: none"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
