@@ -51,13 +51,16 @@ def resolve_repo(name: str) -> tuple[str, str]:
     if path.is_file():
         from omegaconf import OmegaConf
 
+        from chords.models.diffusers_common import repo_id_of
+
         cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        repo = cfg.get("repo_id") or cfg.get("model_path")
-        if str(cfg.get("build", "")).lower() == "tiny" or not repo:
+        if str(cfg.get("build", "")).lower() == "tiny" or not (cfg.get("model_path") or cfg.get("repo_id")):
             raise DownloadError(f"configs/model/{name}.yaml names no hub weights (it is built in code); nothing to download")
-        if str(repo).startswith(("/", ".", "~")):
-            raise DownloadError(f"configs/model/{name}.yaml points at a local folder ({repo}); add repo_id: OWNER/NAME to it")
-        return name, str(repo)
+        repo = repo_id_of(cfg)
+        if not repo:
+            raise DownloadError(f"configs/model/{name}.yaml points at a local folder ({cfg.get('model_path')}); "
+                                "add repo_id: OWNER/NAME to it")
+        return name, repo
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         return name, name
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("tiny-"))

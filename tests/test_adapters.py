@@ -163,6 +163,23 @@ def test_parity_other_guidance(fam: Family):
     assert (res.output - fam.sequential().output).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("family", ["flux", "hunyuan"])
+def test_parity_several_per_prompt(families, family):
+    """num_images/videos_per_prompt = 2: the latent's own batch dimension is carried through."""
+    if family not in families:
+        families[family] = Family(family)
+    f = families[family]
+    key = "num_videos_per_prompt" if f.full.media == "video" else "num_images_per_prompt"
+    cfg = f.with_cfg(**{key: 2})
+    try:
+        enc = f.full.encode(PROMPT, cfg["seed"])
+        assert enc.x0.shape[0] == 2
+        res = sample(Sequential(), lambda xs, s: f.full.velocity(xs, s, enc.cond), enc.x0, enc.step, enc.num_steps)
+        assert (res.output - reference_latents(family, f.full.pipe, cfg)).abs().max().item() <= PARITY_TOL
+    finally:
+        f.reset()
+
+
 def test_batched_velocity_matches_single_calls(fam: Family):
     enc = fam.encoded()
     n = enc.num_steps
@@ -305,6 +322,8 @@ def test_validate_reports_bad_values():
     assert any("num_frames" in p for p in cls.validate({**load_cfg("wan2-1"), "num_frames": 80}))
     assert any("dtype" in p for p in cls.validate({**load_cfg("wan2-1"), "dtype": "int8"}))
     assert any("guidance_scale" in p for p in cls.validate({**load_cfg("wan2-1"), "guidance_scale": None}))
+    cog = load_cfg("cogvideo")
+    assert any("one video per prompt" in p for p in load_adapter_class(cog["adapter"]).validate({**cog, "num_videos_per_prompt": 2}))
 
 
 # --------------------------------------------------------------------------- weights: missing_weights and download.py
@@ -353,10 +372,12 @@ def test_missing_weights_names_the_download_command(tmp_path):
     assert cls.missing_weights({**cfg, "cache_dir": str(cache)}) is None
     # the tiny configs never need weights
     assert cls.missing_weights(load_cfg("tiny-flux")) is None
-    # the wording with the default cache
+    # the wording with the default cache, and with model_path overridden to another hub id
     wan = load_cfg("wan2-1")
-    assert "`python download.py --model wan2-1`" in _one_line(
-        load_adapter_class(wan["adapter"]).missing_weights({**wan, "model_path": "nobody/not-a-model"})
+    wcls = load_adapter_class(wan["adapter"])
+    assert wcls.missing_weights(wan).endswith("run `python download.py --model wan2-1`")
+    assert "`python download.py --model nobody/not-a-model`" in _one_line(
+        wcls.missing_weights({**wan, "model_path": "nobody/not-a-model"})
     )
 
 

@@ -102,6 +102,9 @@ class CogVideoXAdapter(DiffusersAdapter):
         f = cfg_get(cfg, "num_frames")
         if isinstance(f, bool) or not isinstance(f, int) or f < 1 or (f - 1) % 4:
             problems.append(f"model.num_frames {f!r} is invalid: CogVideoX needs 4k + 1 frames (e.g. 81, 49)")
+        n = cfg_get(cfg, "num_videos_per_prompt", 1)
+        if n != 1:
+            problems.append(f"model.num_videos_per_prompt {n!r} is invalid: CogVideoXPipeline makes one video per prompt")
         spacing = cfg_get(cfg, "timestep_spacing", "trailing")
         if spacing not in ("trailing", "leading", "linspace"):
             problems.append(f"model.timestep_spacing {spacing!r} is invalid: use trailing, leading or linspace")

@@ -121,14 +121,13 @@ def _is_local_path(model_path: str) -> bool:
 
 
 def repo_id_of(cfg: Mapping[str, Any]) -> str | None:
-    """The hub repository a config's weights come from (``repo_id``, else a hub-id ``model_path``)."""
-    repo = cfg_get(cfg, "repo_id")
-    if repo:
-        return str(repo)
+    """The hub repository a config's weights come from: a hub-id ``model_path`` (what
+    ``from_pretrained`` loads), else ``repo_id`` (where a local ``model_path`` folder comes from)."""
     path = cfg_get(cfg, "model_path")
     if path and not _is_local_path(str(path)):
         return str(path)
-    return None
+    repo = cfg_get(cfg, "repo_id")
+    return str(repo) if repo else None
 
 
 def pipeline_folder_problem(folder: Path, components: list[str] | None = None) -> str | None:
@@ -188,11 +187,33 @@ def weights_problem(model_path: str, cache_dir: str | None = None) -> str | None
     return None if problem is None else f"{model_path} is incomplete in the cache ({problem})"
 
 
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
 def download_command(cfg: Mapping[str, Any]) -> str:
-    """The ``python download.py ...`` line that fetches what ``cfg`` needs."""
-    name = cfg_get(cfg, "model_name") or "NAME"
-    cmd = f"python download.py --model {name}"
+    """The ``python download.py ...`` line that fetches what ``cfg`` needs.
+
+    ``--model`` is the config name (``model_name``, as ``configs/model/NAME.yaml``) when that
+    config fetches the same repository; otherwise the hub id itself (e.g. ``model_path`` was
+    overridden on the command line). A local ``model_path`` gets ``--local-dir``; a
+    ``cache_dir`` gets ``--cache-dir``.
+    """
+    name = cfg_get(cfg, "model_name")
     path = cfg_get(cfg, "model_path")
+    repo = repo_id_of(cfg)
+    target = name
+    if name and (MODEL_CONFIG_DIR / f"{name}.yaml").is_file():
+        try:
+            from omegaconf import OmegaConf
+
+            own = OmegaConf.to_container(OmegaConf.load(MODEL_CONFIG_DIR / f"{name}.yaml"), resolve=True)
+            if repo and repo_id_of(own) != repo:
+                target = repo
+        except Exception:  # an unreadable config: fall back to the hub id
+            target = repo or name
+    elif repo:
+        target = repo
+    cmd = f"python download.py --model {target or 'NAME'}"
     if path and _is_local_path(str(path)):
         cmd += f" --local-dir {path}"
     elif cfg_get(cfg, "cache_dir"):
@@ -201,6 +222,7 @@ def download_command(cfg: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- tiny text stacks
+# Tokenizers are built once per process and shared by every tiny pipeline (they are only read).
 
 
 @lru_cache(maxsize=1)
