@@ -180,6 +180,17 @@ def test_parity_several_per_prompt(families, family):
         f.reset()
 
 
+def test_flux_schnell_like_without_guidance_embedding():
+    """A FLUX.1-schnell-like tiny model (no guidance embedding, static shift): same adapter, by config."""
+    cfg = {**load_cfg("tiny-flux"), "tiny_guidance_embeds": False, "guidance_scale": 0.0, "num_inference_steps": 4}
+    a = load_adapter_class(cfg["adapter"])(cfg, "cpu", "full")
+    assert not a.transformer.config.guidance_embeds
+    enc = a.encode(PROMPT, cfg["seed"])
+    assert "guidance" not in enc.cond
+    res = sample(Sequential(), lambda xs, s: a.velocity(xs, s, enc.cond), enc.x0, enc.step, enc.num_steps)
+    assert (res.output - reference_latents("flux", a.pipe, cfg)).abs().max().item() <= PARITY_TOL
+
+
 def test_batched_velocity_matches_single_calls(fam: Family):
     enc = fam.encoded()
     n = enc.num_steps
@@ -309,7 +320,7 @@ def test_official_configs(name):
     assert load_adapter_class(cfg["adapter"]).validate(cfg) == []
 
 
-@pytest.mark.parametrize("name", ["flux-schnell", "wan2-1-1.3b"] + [f"tiny-{f}" for f in FAMILIES])
+@pytest.mark.parametrize("name", ["flux-schnell", "sd3-5-medium", "wan2-1-1.3b"] + [f"tiny-{f}" for f in FAMILIES])
 def test_other_configs_validate(name):
     cfg = load_cfg(name)
     assert cfg["model_name"] == name

@@ -60,8 +60,12 @@ class FluxAdapter(DiffusersAdapter):
                 shift_factor=0.0609, scaling_factor=1.5035,
             )
         tok2 = tiny_t5_tokenizer()
+        # FLUX.1-dev's scheduler: resolution-dependent shift; FLUX.1-schnell-like tiny (no guidance
+        # embedding) gets schnell's static shift 1.0
+        dev = bool(cfg_get(cfg, "tiny_guidance_embeds", True))
+        sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True) if dev else FlowMatchEulerDiscreteScheduler(shift=1.0)
         return FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+            scheduler=sched,
             vae=vae.eval(),
             text_encoder=tiny_clip_text(32, seed=seed + 11),
             tokenizer=tiny_clip_tokenizer(),
