@@ -7,6 +7,7 @@ its own run folder, so speedup and latent RMSE can be reported (and eval can pai
 """
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -18,8 +19,10 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+import chords
 from chords.backends import LocalBackend, ProcessBackend
 from chords.config import RunSpec, validate
 from chords.core import Hit, Sequential, sample
@@ -46,7 +49,7 @@ class Outcome:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "chords": "0.1.0"}
+    out = {"python": platform.python_version(), "chords": chords.__version__}
     for pkg in _PACKAGES:
         try:
             out[pkg] = metadata.version(pkg)
@@ -229,10 +232,6 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
 
 def _skipped(prompt: str, folder: Path) -> Outcome:
     """An outcome read back from a complete run folder."""
-    import json
-
-    from safetensors.torch import load_file
-
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
     out = load_file(str(folder / "latents.safetensors"))["output"]
     return Outcome(prompt, folder, stats["rounds"], stats["output_round"], stats["nfe"], stats["timing"]["sample_s"], out, skipped=True)

@@ -35,6 +35,7 @@ from chords.models.base import Encoded
 from chords.models.diffusers_common import (
     DiffusersAdapter,
     cfg_get,
+    frames_problem,
     save_videos,
     seeded,
     tiny_t5_encoder,
@@ -98,10 +99,8 @@ class CogVideoXAdapter(DiffusersAdapter):
 
     @classmethod
     def validate_family(cls, cfg: Mapping[str, Any]) -> list[str]:
-        problems = []
-        f = cfg_get(cfg, "num_frames")
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1 or (f - 1) % 4:
-            problems.append(f"model.num_frames {f!r} is invalid: CogVideoX needs 4k + 1 frames (e.g. 81, 49)")
+        problem = frames_problem(cfg, "CogVideoX", "81, 49")
+        problems = [problem] if problem else []
         n = cfg_get(cfg, "num_videos_per_prompt", 1)
         if n != 1:
             problems.append(f"model.num_videos_per_prompt {n!r} is invalid: CogVideoXPipeline makes one video per prompt")

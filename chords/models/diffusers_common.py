@@ -87,6 +87,14 @@ def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None and default is not None else value
 
 
+def frames_problem(cfg: Mapping[str, Any], family: str, examples: str) -> str | None:
+    """The video VAEs compress time by 4: ``num_frames`` must be 4k + 1."""
+    f = cfg_get(cfg, "num_frames")
+    if isinstance(f, bool) or not isinstance(f, int) or f < 1 or (f - 1) % 4:
+        return f"model.num_frames {f!r} is invalid: {family} needs 4k + 1 frames (e.g. {examples})"
+    return None
+
+
 def is_tiny(cfg: Mapping[str, Any]) -> bool:
     return str(cfg_get(cfg, "build", "") or "").lower() == "tiny"
 

@@ -24,6 +24,7 @@ from chords.models.base import Encoded
 from chords.models.diffusers_common import (
     DiffusersAdapter,
     cfg_get,
+    frames_problem,
     save_videos,
     seeded,
     tiny_clip_text,
@@ -87,10 +88,8 @@ class HunyuanAdapter(DiffusersAdapter):
 
     @classmethod
     def validate_family(cls, cfg: Mapping[str, Any]) -> list[str]:
-        f = cfg_get(cfg, "num_frames")
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1 or (f - 1) % 4:
-            return [f"model.num_frames {f!r} is invalid: HunyuanVideo needs 4k + 1 frames (e.g. 129, 61)"]
-        return []
+        problem = frames_problem(cfg, "HunyuanVideo", "129, 61")
+        return [problem] if problem else []
 
     @torch.no_grad()
     def encode(self, prompt: str, seed: int) -> Encoded:

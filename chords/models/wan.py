@@ -29,6 +29,7 @@ from chords.models.diffusers_common import (
     DTYPE_KWARG,
     DiffusersAdapter,
     cfg_get,
+    frames_problem,
     save_videos,
     seeded,
     tiny_t5_encoder,
@@ -106,9 +107,9 @@ class WanAdapter(DiffusersAdapter):
 
     @classmethod
     def validate_family(cls, cfg: Mapping[str, Any]) -> list[str]:
-        f = cfg_get(cfg, "num_frames")
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1 or (f - 1) % 4:
-            return [f"model.num_frames {f!r} is invalid: Wan needs 4k + 1 frames (e.g. 81)"]
+        problem = frames_problem(cfg, "Wan", "81")
+        if problem:
+            return [problem]
         kind = cfg_get(cfg, "scheduler")
         if kind not in (None, "", "euler", "checkpoint"):
             return [f"model.scheduler {kind!r} is invalid: use null/'checkpoint' (Euler on its sigmas) or 'euler'"]
