@@ -16,8 +16,15 @@ import torch
 from safetensors.torch import save_file
 
 SLUG_LEN = 48
-#: model settings that change the sample, hashed into the folder key
-SAMPLE_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "num_frames", "shift", "true_cfg_scale", "negative_prompt", "use_dynamic_cfg", "dtype")
+KEY_LEN = 10
+
+#: Top-level config keys that are the harness's own bookkeeping: where prompts come from and
+#: where folders go, whether to print or recompute, how many processes to start (``ngpu``; the
+#: world size actually used is part of the hardware identity). Every other top-level key, and
+#: every key of the model, algo and hardware groups, is part of a run's identity.
+BOOKKEEPING_KEYS = frozenset({"prompt_file", "output_base_path", "reference", "overwrite", "summary", "ngpu", "hydra"})
+#: Groups that get their own entry in the identity.
+IDENTITY_GROUPS = ("model", "algo", "hardware")
 
 
 def prompt_slug(prompt: str) -> str:
@@ -27,14 +34,67 @@ def prompt_slug(prompt: str) -> str:
     return slug or "prompt"
 
 
-def run_key(prompt: str, seed: int, model: Mapping[str, Any]) -> str:
-    settings = {k: model.get(k) for k in SAMPLE_KEYS if k in model}
-    blob = json.dumps({"prompt": prompt, "seed": seed, "model": settings}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:10]
+def hardware_identity(hardware: Mapping[str, Any], world_size: int) -> dict[str, Any]:
+    """The resolved hardware group plus the world size actually used.
+
+    Keys that end in ``timeout_s`` are left out: a timeout only decides when a run is aborted,
+    it never changes a finished run (its sample or its timing).
+    """
+    hw = {k: v for k, v in hardware.items() if not str(k).endswith("timeout_s")}
+    hw["world_size"] = int(world_size)
+    return hw
 
 
-def run_folder(base: str | os.PathLike, model_name: str, tag: str, prompt: str, seed: int, model: Mapping[str, Any]) -> Path:
-    return Path(base) / str(model_name) / tag / f"{prompt_slug(prompt)}-{run_key(prompt, seed, model)}"
+def run_identity(
+    config: Mapping[str, Any],
+    prompt: str,
+    algo: Mapping[str, Any],
+    hardware: Mapping[str, Any],
+    world_size: int,
+) -> dict[str, Any]:
+    """Everything that can change a run's sample or its timing, from the resolved config.
+
+    ``config``: the whole resolved config (a plain dict); ``algo``: the resolved algorithm group
+    of the run (``init_t`` as the list of grid indices it resolved to); ``hardware``: the
+    resolved hardware group the run used (for an in-process reference: the local backend it
+    ran on). The identity is
+
+    * ``prompt``;
+    * ``model``: the whole resolved model group (seed, steps, sizes, dtype, scheduler settings,
+      ``step_precision``, ``model_path``, ... - every key, present and future);
+    * ``algo``: the whole resolved algorithm group (stop rule included);
+    * ``hardware``: see :func:`hardware_identity`;
+    * ``run``: every other top-level key except :data:`BOOKKEEPING_KEYS` (e.g. an
+      experiment's ``experiment_label``); a sequential run leaves out ``experiment_label``,
+      which never names the sequential row.
+    """
+    sequential = algo.get("algo_name") == "sequential"
+    extra = {
+        k: v for k, v in config.items()
+        if k not in BOOKKEEPING_KEYS and k not in IDENTITY_GROUPS and not (sequential and k == "experiment_label")
+    }
+    return {
+        "prompt": prompt,
+        "model": dict(config["model"]),
+        "algo": dict(algo),
+        "hardware": hardware_identity(hardware, world_size),
+        "run": extra,
+    }
+
+
+def digest(data: Any) -> str:
+    """sha1 of the canonical JSON of ``data`` (sorted keys), hex."""
+    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+def run_key(identity: Mapping[str, Any]) -> str:
+    """The short key in a run folder's name: the first KEY_LEN hex chars of :func:`digest`."""
+    return digest(identity)[:KEY_LEN]
+
+
+def run_folder(base: str | os.PathLike, model_name: str, tag: str, identity: Mapping[str, Any]) -> Path:
+    return Path(base) / str(model_name) / tag / f"{prompt_slug(identity['prompt'])}-{run_key(identity)}"
 
 
 def is_complete(folder: Path) -> bool:

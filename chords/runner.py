@@ -27,7 +27,8 @@ from chords.backends import LocalBackend, ProcessBackend
 from chords.config import RunSpec, validate
 from chords.core import Hit, Sequential, sample
 from chords.models.base import Adapter, Encoded
-from chords.rundir import atomic_folder, clean_partial, is_complete, run_folder, save_latents, write_json
+from chords.config import CONFIG_DIR
+from chords.rundir import atomic_folder, clean_partial, digest, is_complete, run_folder, run_identity, save_latents, write_json
 
 log = logging.getLogger("chords.runner")
 
@@ -63,6 +64,57 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda:0" if dev == "cuda" else dev)
 
 
+class Clock:
+    """Seconds since ``start()``; on CUDA it synchronises the device before every reading, so a
+    reading never stops the clock before queued kernels (the velocities of a round, the steps
+    of the algorithm) have finished."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.t0 = 0.0
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.t0 = self.now()
+
+    def elapsed(self) -> float:
+        return self.now() - self.t0
+
+
+def device_names(device: torch.device, world_size: int) -> list[str]:
+    """What each rank computes on: the GPU's name (ranks r on cuda:r) or the CPU's."""
+    if device.type == "cuda":
+        return [torch.cuda.get_device_name(r % max(torch.cuda.device_count(), 1)) for r in range(world_size)]
+    cpu = platform.processor() or platform.machine() or "cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return [cpu] * world_size
+
+
+def reference_algo() -> dict:
+    """The sequential algorithm group, as ``algo=sequential`` composes it (a reference run and a
+    user's ``algo=sequential`` run with the same settings share one identity and one folder)."""
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "algo" / "sequential.yaml"), resolve=True)
+
+
+def reference_hardware(cfg: DictConfig) -> dict:
+    """Where in-process references run: the local loop backend on rank 0's device, as
+    ``hardware=local`` resolves on this machine."""
+    hw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hardware" / "local.yaml"), resolve=True)
+    hw["device"] = str(cfg.hardware.get("device", "cpu"))
+    return hw
+
+
 def make_backend(cfg: DictConfig, spec: RunSpec, adapter: Adapter):
     hw = cfg.hardware
     if hw.backend == "local":
@@ -80,6 +132,21 @@ def make_backend(cfg: DictConfig, spec: RunSpec, adapter: Adapter):
     )
 
 
+@dataclass
+class RunContext:
+    """What one (prompt, algorithm) run is, beyond the prompt's encoding: its identity, the
+    algorithm group written to stats.json, where it runs and what the process measured."""
+
+    identity: dict
+    algo_cfg: dict
+    hardware: str
+    world_size: int
+    devices: list[str]
+    warmup: dict
+    full_return: bool
+    desc: str
+
+
 def sample_prompt(
     cfg: DictConfig,
     adapter: Adapter,
@@ -88,31 +155,27 @@ def sample_prompt(
     stop: Any,
     enc: Encoded,
     encode_s: float,
-    prompt: str,
     folder: Path,
-    algo_cfg: dict,
-    hardware: str,
-    world_size: int,
-    full_return: bool,
-    desc: str,
+    ctx: RunContext,
 ) -> Outcome:
     """Sample one prompt with one algorithm and write its run folder atomically."""
+    prompt = ctx.identity["prompt"]
     backend.set_condition(enc.cond)
     stamps: list[float] = []
-    bar = tqdm(total=enc.num_steps, desc=desc, unit="round", leave=False, disable=None)
+    bar = tqdm(total=enc.num_steps, desc=ctx.desc, unit="round", leave=False, disable=None)
+    clock = Clock(adapter.device)
 
     def velocity(xs, steps):
         v = backend.velocity(xs, steps)
         bar.update(1)
         return v
 
-    t0 = time.perf_counter()
-
     def on_hit(hit: Hit) -> None:
-        stamps.append(time.perf_counter() - t0)
+        stamps.append(clock.elapsed())
 
+    clock.start()
     result = sample(algorithm, velocity, enc.x0, enc.step, enc.num_steps, stop=stop, callback=on_hit)
-    sample_s = time.perf_counter() - t0
+    sample_s = clock.elapsed()
     bar.close()
 
     with atomic_folder(folder, overwrite=bool(cfg.overwrite)) as tmp:
@@ -120,7 +183,7 @@ def sample_prompt(
         stem = "video" if adapter.media == "video" else "image"
         media = adapter.decode(result.output, tmp, stem)
         hit_media: list[str | None] = [None] * len(result.hits)
-        if full_return:
+        if ctx.full_return:
             for i, h in enumerate(result.hits):
                 hit_media[i] = adapter.decode(h.x, tmp, f"{stem}_hit{i:02d}")[0]
         decode_s = time.perf_counter() - t1
@@ -129,18 +192,22 @@ def sample_prompt(
         latents["output"] = result.output
         save_latents(tmp / "latents.safetensors", latents)
         stats = {
-            "format": 1,
+            "format": 2,
+            "key": digest(ctx.identity),
+            "identity": ctx.identity,
             "prompt": prompt,
             "seed": int(cfg.model.seed),
             "model": str(cfg.model.model_name),
             "media": adapter.media,
-            "algorithm": algo_cfg["algo_name"],
+            "algorithm": ctx.algo_cfg["algo_name"],
             "algo_tag": folder.parent.name,
-            "algo": algo_cfg,
+            "algo": ctx.algo_cfg,
             "num_cores": int(algorithm.num_cores),
             "num_steps": int(enc.num_steps),
-            "hardware": hardware,
-            "world_size": world_size,
+            "hardware": ctx.hardware,
+            "world_size": ctx.world_size,
+            "devices": ctx.devices,
+            "warmup": ctx.warmup,
             "hits": [
                 {"index": i, "core": h.core, "round": h.round, "wall_s": stamps[i], "latent": f"hit_{i:02d}", "media": hit_media[i]}
                 for i, h in enumerate(result.hits)
@@ -170,51 +237,84 @@ def _resolved_algo(cfg: DictConfig, spec: RunSpec) -> dict:
     return algo
 
 
+def warm_up(backend: Any, enc: Encoded, num_cores: int, clock: Clock) -> dict:
+    """One forward on every rank before the first prompt is timed: a full round of ``x0`` at
+    grid index 0 (rank r evaluates one state; a local backend evaluates them all). Kernels are
+    compiled, caches filled and memory allocated here, not inside the first run's clock."""
+    backend.set_condition(enc.cond)
+    if isinstance(backend, LocalBackend):
+        b = int(num_cores) if backend.mode == "batched" else 1
+    else:
+        b = max(1, min(int(num_cores), int(backend.world_size)))
+    xs = torch.stack([enc.x0] * b)
+    clock.start()
+    with torch.no_grad():
+        backend.velocity(xs, torch.zeros(b, dtype=torch.long))
+    return {"states": b, "seconds": clock.elapsed()}
+
+
 def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Outcome | None]]:
-    """Run every prompt; return (outcome, sequential reference or None) per prompt."""
+    """Run every prompt; return (outcome, sequential reference or None) per prompt.
+
+    Folders are keyed by :func:`chords.rundir.run_identity` of the resolved config: a complete
+    folder is skipped (unless ``overwrite``) only when everything that can change its sample or
+    its timing is the same.
+    """
     spec = spec or validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
     algo_cfg = _resolved_algo(cfg, spec)
-    seq_cfg = {"algo_name": "sequential", "num_cores": 1, "stopping_kwargs": {"criterion": "none"}, "full_return": False}
+    seq_cfg = reference_algo()
     is_seq = algo_cfg["algo_name"] == "sequential"
     want_ref = bool(cfg.get("reference", False)) and not is_seq
-    seed = int(cfg.model.seed)
     base = Path(cfg.output_base_path)
+    main_hw = config["hardware"]
+    ref_hw = reference_hardware(cfg)
 
     todo = []
     for prompt in spec.prompts:
-        folder = run_folder(base, cfg.model.model_name, spec.algo_tag, prompt, seed, cfg.model)
-        ref = run_folder(base, cfg.model.model_name, "sequential", prompt, seed, cfg.model) if want_ref else None
-        todo.append((prompt, folder, ref))
-    pending = [t for t in todo if cfg.overwrite or not is_complete(t[1]) or (t[2] is not None and not is_complete(t[2]))]
+        ident = run_identity(config, prompt, algo_cfg, main_hw, spec.world_size)
+        folder = run_folder(base, cfg.model.model_name, spec.algo_tag, ident)
+        ref = ref_ident = None
+        if want_ref:
+            ref_ident = run_identity(config, prompt, seq_cfg, ref_hw, 1)
+            ref = run_folder(base, cfg.model.model_name, "sequential", ref_ident)
+        todo.append((prompt, folder, ident, ref, ref_ident))
+    pending = [t for t in todo if cfg.overwrite or not is_complete(t[1]) or (t[3] is not None and not is_complete(t[3]))]
     log.info("%d prompt(s), %d to sample (%s, %s, K=%d, N=%d)", len(todo), len(pending), cfg.model.model_name, spec.algo_tag, spec.algorithm.num_cores, spec.num_steps)
 
     outcomes: list[tuple[Outcome, Outcome | None]] = []
     if not pending:
-        return [(_skipped(p, f), _skipped(p, r) if r else None) for p, f, r in todo]
+        return [(_skipped(p, f), _skipped(p, r) if r else None) for p, f, _i, r, _ri in todo]
 
     t_load = time.perf_counter()
-    adapter = spec.adapter_cls(cfg.model, _device(cfg), "full")
+    device = _device(cfg)
+    adapter = spec.adapter_cls(cfg.model, device, "full")
     with make_backend(cfg, spec, adapter) as backend:
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
         ref_backend = LocalBackend(adapter, "loop")
         hardware = str(cfg.hardware.name)
-        for prompt, folder, ref in tqdm(todo, desc="prompts", unit="prompt", disable=None):
+        full_return = bool(cfg.algo.get("full_return", False))
+        warmup: dict | None = None
+        for prompt, folder, ident, ref, ref_ident in tqdm(todo, desc="prompts", unit="prompt", disable=None):
             do_main = cfg.overwrite or not is_complete(folder)
             do_ref = ref is not None and (cfg.overwrite or not is_complete(ref))
             if not (do_main or do_ref):
                 log.info("skip (complete): %s", folder)
                 outcomes.append((_skipped(prompt, folder), _skipped(prompt, ref) if ref else None))
                 continue
-            t0 = time.perf_counter()
+            clock = Clock(device)
+            clock.start()
             with torch.no_grad():
-                enc = adapter.encode(prompt, seed)
-            encode_s = time.perf_counter() - t0
-            common = dict(enc=enc, encode_s=encode_s, prompt=prompt)
+                enc = adapter.encode(prompt, int(cfg.model.seed))
+            encode_s = clock.elapsed()
+            if warmup is None:
+                warmup = warm_up(backend, enc, spec.algorithm.num_cores, clock)
+                log.info("warm-up forward (%d state(s)): %.3fs", warmup["states"], warmup["seconds"])
             if do_main:
                 clean_partial(folder)
-                main = sample_prompt(cfg, adapter, backend, spec.algorithm, spec.stop, folder=folder, algo_cfg=algo_cfg,
-                                     hardware=hardware, world_size=backend.world_size,
-                                     full_return=bool(cfg.algo.get("full_return", False)), desc=spec.algo_tag, **common)
+                ctx = RunContext(ident, algo_cfg, hardware, backend.world_size, device_names(device, backend.world_size),
+                                 warmup, full_return, spec.algo_tag)
+                main = sample_prompt(cfg, adapter, backend, spec.algorithm, spec.stop, enc, encode_s, folder, ctx)
                 log.info("%s: %d rounds (output at %d), %d nfe, %.2fs -> %s", prompt[:60], main.rounds, main.output_round, main.nfe, main.sample_s, folder)
             else:
                 main = _skipped(prompt, folder)
@@ -222,8 +322,8 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
             if ref is not None:
                 if do_ref:
                     clean_partial(ref)
-                    refo = sample_prompt(cfg, adapter, ref_backend, Sequential(), None, folder=ref, algo_cfg=seq_cfg,
-                                         hardware="local", world_size=1, full_return=False, desc="sequential", **common)
+                    ctx = RunContext(ref_ident, seq_cfg, "local", 1, device_names(device, 1), warmup, False, "sequential")
+                    refo = sample_prompt(cfg, adapter, ref_backend, Sequential(), None, enc, encode_s, ref, ctx)
                 else:
                     refo = _skipped(prompt, ref)
             outcomes.append((main, refo))

@@ -398,7 +398,7 @@ def run_eval(cfg: dict) -> EvalResult:
                 for _, row in summary.iterrows()
             ]
         if not summary.empty:
-            shown_keys = {(r.model, r.method, r.num_cores, r.num_steps) for r in shown}
+            shown_keys = {(r.model_label or r.model, r.method, r.num_cores, r.num_steps) for r in shown}
             summary = summary[[
                 (m, me, int(k), int(n)) in shown_keys
                 for m, me, k, n in zip(summary["model"], summary["method"], summary["num_cores"], summary["num_steps"])

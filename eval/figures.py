@@ -99,7 +99,7 @@ def convergence_data(
     dist = DISTANCES[distance]
     rows = []
     for r in runs:
-        if r.is_sequential or len(r.hits) < 2 or steps.get(r.model) != r.num_steps:
+        if r.is_sequential or len(r.hits) < 2 or steps.get(r.model_label or r.model) != r.num_steps:
             continue
         try:
             if reference == "sequential":
@@ -113,7 +113,7 @@ def convergence_data(
                 x = r.load_latent(h.latent)
                 rows.append(
                     {
-                        "model": r.model,
+                        "model": r.model_label or r.model,
                         "method": r.method,
                         "init_t": r.init_label,
                         "num_cores": r.num_cores,

@@ -74,7 +74,7 @@ def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, wit
         ref = refs.get(r.path)
         row = {
             "run": str(r.path),
-            "model": r.model,
+            "model": r.model_label or r.model,
             "media": r.media,
             "method": r.method,
             "algorithm": r.algorithm,

@@ -11,8 +11,12 @@ eval never imports the runner, an adapter or a backend.
 * :func:`assign_labels` gives every run its method label ("Sequential", "CHORDS",
   "CHORDS (uniform)", "ParaDIGMS", "SRDS", or ``config.experiment_label`` when the run sets it)
   and disambiguates settings that would otherwise share a label.
-* :func:`pair_references` finds each run's sequential reference: same ``model``, ``prompt``,
-  ``seed``, ``num_steps`` and ``latent_shape``.
+* :func:`pair_references` finds each run's sequential reference: the same model settings (the
+  whole ``identity.model`` of stats.json: model, seed, N, sizes, dtype, scheduler, step
+  arithmetic, ...), the same ``prompt`` and ``latent_shape``.
+* Runs whose settings differ never share a table cell: model settings that differ between runs
+  of one model name go into the row's model label (``flux [guidance_scale=5]``), algorithm,
+  hardware and other settings into its method label (``CHORDS (hw.name=cpu)``).
 
 Problems (partial or corrupt folders, runs without a reference, ambiguous references) go to a
 :class:`Problems` collector: one ``logging`` warning line each, and the run is left out of the
@@ -20,6 +24,7 @@ cells it would have spoiled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -110,10 +115,15 @@ class Run:
     hardware: str
     init_t: tuple[int, ...] | None
     experiment_label: str | None
+    #: what the run is (docs/run_folders.md "identity"); format-1 folders get one rebuilt from
+    #: their stored config (``legacy``)
+    identity: dict[str, Any] = field(default_factory=dict)
+    legacy: bool = False
     # Filled by assign_labels().
     base_label: str = ""
     facets: dict[str, str] = field(default_factory=dict)
     method: str = ""
+    model_label: str = ""
 
     # ----------------------------------------------------------------- derived
     @property
@@ -126,8 +136,16 @@ class Run:
         return self.algorithm == "sequential"
 
     @property
+    def model_settings(self) -> dict[str, Any]:
+        """The whole model group the run sampled with (seed and N included)."""
+        m = self.identity.get("model")
+        return m if isinstance(m, dict) else {"model_name": self.model, "seed": self.seed, "num_inference_steps": self.num_steps}
+
+    @property
     def pair_key(self) -> tuple:
-        return (self.model, self.prompt, self.seed, self.num_steps)
+        """Runs with the same key are the same sample up to the algorithm: same model settings,
+        prompt and N. A run's reference is the sequential run with its key."""
+        return (self.model, _digest(self.model_settings), self.prompt, self.seed, self.num_steps)
 
     @property
     def output_core(self) -> int:
@@ -194,6 +212,11 @@ def init_kind(init_t: Sequence[int] | None, num_steps: int) -> str | None:
     if len(t) >= 3 and len(gaps) == 1:
         return "uniform"
     return "custom"
+
+
+def _digest(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
 
 def _one_line(e: BaseException) -> str:
@@ -274,8 +297,8 @@ def load_run(path: str | os.PathLike) -> Run:
     if not isinstance(s, dict):
         raise RunError(f"{short}: {STATS} is not a JSON object")
     fmt = s.get("format", 1)
-    if fmt != 1:
-        raise RunError(f"{short}: {STATS} format {fmt!r} is not supported (eval reads format 1)")
+    if fmt not in (1, 2):
+        raise RunError(f"{short}: {STATS} format {fmt!r} is not supported (eval reads formats 1 and 2)")
     for key, typ in _REQUIRED.items():
         if key not in s:
             raise RunError(f"{short}: {STATS} lacks {key!r}")
@@ -320,6 +343,16 @@ def load_run(path: str | os.PathLike) -> Run:
     init = tuple(int(i) for i in init_t) if isinstance(init_t, list) and all(_is(i, int) for i in init_t) else None
     config = s.get("config") if isinstance(s.get("config"), dict) else {}
     exp_label = config.get("experiment_label")
+    identity = s.get("identity")
+    legacy = fmt == 1
+    if fmt == 2 and not (isinstance(identity, dict) and isinstance(identity.get("model"), dict)):
+        raise RunError(f"{short}: {STATS} (format 2) lacks an 'identity' object with a 'model' group")
+    if legacy:  # written before run identities: rebuild one from what the folder stored
+        model_cfg = config.get("model") if isinstance(config.get("model"), dict) else {"model_name": s["model"], "seed": s["seed"]}
+        identity = {
+            "prompt": s["prompt"], "model": model_cfg, "algo": algo,
+            "hardware": {"name": str(s.get("hardware") or ""), "world_size": s.get("world_size")}, "run": {},
+        }
     return Run(
         path=path,
         stats=s,
@@ -343,6 +376,8 @@ def load_run(path: str | os.PathLike) -> Run:
         hardware=str(s.get("hardware") or ""),
         init_t=init,
         experiment_label=str(exp_label) if isinstance(exp_label, str) and exp_label.strip() else None,
+        identity=identity,
+        legacy=legacy,
     )
 
 
@@ -362,11 +397,39 @@ def load_runs(roots: Iterable[str | os.PathLike], problems: Problems) -> list[Ru
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "-".join(_fmt(i) for i in v)
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True, default=str)
     return str(v)
 
 
+def _flat(d: Any, prefix: str) -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": "1"}`` (lists stay one value)."""
+    out: dict[str, str] = {}
+    if not isinstance(d, dict):
+        return out
+    for k, v in d.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, name))
+        else:
+            out[name] = _fmt(v)
+    return out
+
+
+#: Model settings that are not a row's setting: they vary inside a cell by design (seeds are
+#: averaged over; N is its own column) or name the row already.
+_CELL_MODEL_KEYS = {"seed", "num_inference_steps", "model_name"}
+#: Algorithm keys shown by their short facets (init, stop, tol, blocks) or by the cell itself.
+_SHORT_ALGO_KEYS = {"algo.algo_name", "algo.num_cores", "algo.init_t", "algo.tolerance", "algo.tol",
+                    "algo.num_blocks", "algo.blocks"}
+
+
 def _facets(run: Run) -> dict[str, str]:
-    """The parts of an algorithm setting that a label may need to tell settings apart."""
+    """Every setting of a run that a row label may need to tell rows apart: short facets for the
+    usual ones (init sequence, stop rule, tolerance, blocks), then every other resolved
+    algorithm, hardware and top-level setting of its identity (``algo.*``, ``hw.*``, ``run.*``)."""
     a = run.algo
     f: dict[str, str] = {}
     if run.init_t:
@@ -379,21 +442,59 @@ def _facets(run: Run) -> dict[str, str]:
     for key, name in (("tolerance", "tol"), ("tol", "tol"), ("num_blocks", "blocks"), ("blocks", "blocks")):
         if key in a and a[key] is not None and name not in f:
             f[name] = _fmt(a[key])
+    ident = run.identity
+    for name, value in _flat(ident.get("algo") if isinstance(ident.get("algo"), dict) else a, "algo").items():
+        if name not in _SHORT_ALGO_KEYS and not name.startswith("algo.stopping_kwargs"):
+            f[name] = value
+    f.update(_flat(ident.get("hardware"), "hw"))
+    run_extra = {k: v for k, v in (ident.get("run") or {}).items() if k != "experiment_label"} if isinstance(ident.get("run"), dict) else {}
+    f.update(_flat(run_extra, "run"))
     return f
 
 
-def assign_labels(runs: list[Run], problems: Problems) -> None:
-    """Set ``base_label``, ``facets`` and ``method`` on every run.
+def _varying(dicts: list[dict[str, str]]) -> list[str]:
+    names = sorted({n for d in dicts for n in d})
+    return [n for n in names if len({d.get(n, "-") for d in dicts}) > 1]
 
-    The base label is ``config.experiment_label`` when the run sets it; otherwise the
-    algorithm's name, with " (uniform)" for CHORDS runs whose init sequence has equal gaps.
-    When one (model, base label, num_cores, num_steps) cell would hold several algorithm
-    settings, the facets that differ inside such a cell (init sequence, stop rule, tolerance,
-    blocks; the algo_tag as a last resort) are appended, e.g. "CHORDS (stop=core_index=2)", so
-    that every table row is one setting.
+
+_SHORT_ORDER = ("init", "stop", "tol", "blocks")
+
+
+def assign_labels(runs: list[Run], problems: Problems) -> None:
+    """Set ``model_label``, ``base_label``, ``facets`` and ``method`` on every run.
+
+    * Model label: the model name, plus the model settings that differ between runs of that
+      name (``flux [guidance_scale=5]``), so runs with different model settings never share a
+      row (the Sequential row included).
+    * Base label: ``config.experiment_label`` when a non-sequential run sets it (it never
+      renames the Sequential row); otherwise the algorithm's name, with " (uniform)" for CHORDS
+      runs whose init sequence has equal gaps.
+    * Method: when one (model label, base label, K, N) cell would hold several settings, the
+      settings that differ inside it (init sequence, stop rule, tolerance, blocks, then any
+      ``algo.*``, ``hw.*`` or ``run.*`` setting) are appended, e.g. "CHORDS (stop=core_index=2)",
+      so every table row is exactly one setting. Each such split is reported in one line.
     """
+    by_model: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
-        if r.experiment_label:
+        by_model[r.model].append(r)
+    for model, lst in sorted(by_model.items()):
+        settings = [_flat({k: v for k, v in r.model_settings.items() if k not in _CELL_MODEL_KEYS}, "") for r in lst]
+        names = _varying(settings)
+        for r, st in zip(lst, settings):
+            r.model_label = f"{model} [{', '.join(f'{n}={st.get(n, chr(45))}' for n in names)}]" if names else model
+        if names:
+            problems.report(
+                f"model {model}: runs differ in model settings ({', '.join(names)}); they are shown as separate "
+                f"rows labelled '{model} [...]' and each run pairs only with a reference of its own settings"
+            )
+    legacy = [r for r in runs if r.legacy]
+    if legacy:
+        problems.report(
+            f"{len(legacy)} run folder(s) were written before run identities (stats.json format 1, e.g. {legacy[0].name}): "
+            f"their settings are read from their stored config; recompute them (overwrite=true) to pair them exactly"
+        )
+    for r in runs:
+        if r.experiment_label and not r.is_sequential:
             r.base_label = r.experiment_label
         else:
             base = BASE_LABELS.get(r.algorithm, r.algorithm.upper() if len(r.algorithm) <= 5 else r.algorithm.title())
@@ -401,34 +502,29 @@ def assign_labels(runs: list[Run], problems: Problems) -> None:
                 base += " (uniform)"
             r.base_label = base
         r.facets = _facets(r)
-        r.facets["tag"] = r.algo_tag
 
-    cells: dict[tuple, set[tuple]] = defaultdict(set)
+    cells: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
-        cells[(r.model, r.base_label, r.num_cores, r.num_steps)].add(tuple(sorted(r.facets.items())))
-    # Facet names that vary inside some cell, per (model, base label).
+        cells[(r.model_label, r.base_label, r.num_cores, r.num_steps)].append(r)
+    # Facet names that vary inside some cell, per (model label, base label).
     varying: dict[tuple, list[str]] = defaultdict(list)
-    for (model, base, _k, _n), settings in cells.items():
-        if len(settings) < 2:
-            continue
-        dicts = [dict(s) for s in settings]
-        names = [n for n in ("init", "stop", "tol", "blocks") if len({d.get(n) for d in dicts}) > 1]
-        if not names:
-            names = ["tag"]
-        for n in names:
+    for (model, base, _k, _n), members in cells.items():
+        for n in _varying([m.facets for m in members]):
             if n not in varying[(model, base)]:
                 varying[(model, base)].append(n)
+    for key, names in varying.items():
+        names.sort(key=lambda n: (_SHORT_ORDER.index(n) if n in _SHORT_ORDER else len(_SHORT_ORDER), n))
     for r in runs:
-        names = varying.get((r.model, r.base_label))
-        if names and not r.experiment_label:
-            extra = ", ".join(f"{n}={r.facets.get(n, '-')}" if n != "tag" else r.facets["tag"] for n in names)
+        names = varying.get((r.model_label, r.base_label))
+        if names:
+            extra = ", ".join(f"{n}={r.facets.get(n, '-')}" for n in names)
             r.method = f"{r.base_label} ({extra})" if "(" not in r.base_label else f"{r.base_label[:-1]}, {extra})"
         else:
             r.method = r.base_label
     for (model, base), names in sorted(varying.items()):
         problems.report(
-            f"model {model}: several '{base}' settings share a cell; rows are told apart by {', '.join(names)} "
-            f"(set config.experiment_label in the runs to name them)"
+            f"model {model}: several '{base}' settings would share a cell; they are shown as separate rows told apart "
+            f"by {', '.join(names)} (set experiment_label in the runs to name them)"
         )
 
 
@@ -447,8 +543,10 @@ def method_sort_key(label: str) -> tuple:
 def pair_references(runs: list[Run], problems: Problems) -> dict[Path, Run]:
     """Map each run's path to its sequential reference run (a sequential run maps to the chosen one).
 
-    Runs without a reference are reported, one line per (model, method, K, N) cell, and get no
-    entry. When several sequential runs share a key, the first by path is the reference.
+    A reference has the run's :attr:`Run.pair_key`: the same whole model group (seed, N,
+    sizes, dtype, scheduler, step arithmetic, ...) and prompt. Runs without a reference are
+    reported, one line per (model, method, K, N) cell, and get no entry. When several
+    sequential runs share a key, the first by path is the reference.
     """
     seqs: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
@@ -458,7 +556,7 @@ def pair_references(runs: list[Run], problems: Problems) -> dict[Path, Run]:
         lst.sort(key=lambda r: str(r.path))
         if len(lst) > 1:
             problems.report(
-                f"{len(lst)} sequential runs for model {key[0]}, seed {key[2]}, N={key[3]}, prompt {key[1][:40]!r}: "
+                f"{len(lst)} sequential runs for model {key[0]}, seed {key[3]}, N={key[4]}, prompt {key[2][:40]!r}: "
                 f"using {lst[0].name} as the reference"
             )
     refs: dict[Path, Run] = {}
@@ -467,16 +565,17 @@ def pair_references(runs: list[Run], problems: Problems) -> dict[Path, Run]:
     for r in runs:
         cands = seqs.get(r.pair_key, [])
         if not cands:
-            missing[(r.model, r.method, r.num_cores, r.num_steps)].append(r)
+            missing[(r.model_label or r.model, r.method, r.num_cores, r.num_steps)].append(r)
             continue
         same = [c for c in cands if c.latent_shape == r.latent_shape or c.latent_shape is None or r.latent_shape is None]
         if not same:
-            shape_mismatch[(r.model, r.method, r.num_cores, r.num_steps)].append(r)
+            shape_mismatch[(r.model_label or r.model, r.method, r.num_cores, r.num_steps)].append(r)
             continue
         refs[r.path] = same[0]
     seq_seeds: dict[tuple, set[int]] = defaultdict(set)
-    for (model, _p, seed, n) in seqs:
-        seq_seeds[(model, n)].add(seed)
+    for r in runs:
+        if r.is_sequential:
+            seq_seeds[(r.model_label or r.model, r.num_steps)].add(r.seed)
     for (model, method, k, n), lst in sorted(missing.items(), key=lambda kv: tuple(map(str, kv[0]))):
         seeds = sorted({r.seed for r in lst})
         have = sorted(seq_seeds.get((model, n), set()))
@@ -484,11 +583,11 @@ def pair_references(runs: list[Run], problems: Problems) -> dict[Path, Run]:
             f"no sequential run of model {model} with N={n} at all"
             if not have
             else f"their seeds {seeds[:5]}{'...' if len(seeds) > 5 else ''}, sequential seeds at N={n}: "
-            f"{have[:5]}{'...' if len(have) > 5 else ''}, or the prompt differs"
+            f"{have[:5]}{'...' if len(have) > 5 else ''}, or the prompt or another model setting differs"
         )
         problems.report(
             f"{model} / {method} / K={k} / N={n}: {len(lst)} run(s) have no sequential reference "
-            f"(same model, prompt, seed, num_steps) — {why}; left out of this cell"
+            f"(same model settings, prompt, seed, num_steps) — {why}; left out of this cell"
         )
     for (model, method, k, n), lst in sorted(shape_mismatch.items(), key=lambda kv: tuple(map(str, kv[0]))):
         problems.report(

@@ -61,6 +61,9 @@ def write_run(
     video: Path | None = None,
     dtype: torch.dtype = torch.float32,
     hardware: str = "cpu",
+    world_size: int | None = None,
+    model_settings: dict | None = None,
+    legacy: bool = False,
 ) -> Path:
     """Write one complete run folder; returns its path.
 
@@ -76,7 +79,16 @@ def write_run(
     tag = algo_tag or (algorithm if algorithm == "sequential" else f"{algorithm}-k{num_cores}" + (
         "-" + "-".join(map(str, init_t)) if init_t else "") + (f"-tol{tolerance}" if tolerance is not None else ""))
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48]
-    key = hashlib.sha1(json.dumps([prompt, seed, num_steps]).encode()).hexdigest()[:10]
+    algo = {"algo_name": algorithm, "num_cores": num_cores, "init_t": init_t,
+            "stopping_kwargs": stop or {"criterion": "none", "index": 0, "threshold": 4e-4}}
+    if tolerance is not None:
+        algo["tolerance"] = tolerance
+    model_cfg = {"model_name": model, "num_inference_steps": num_steps, "seed": seed, **(model_settings or {})}
+    world_size = num_cores if world_size is None else world_size
+    identity = {"prompt": prompt, "model": model_cfg, "algo": algo,
+                "hardware": {"name": hardware, "world_size": world_size},
+                "run": {"experiment_label": experiment_label} if experiment_label else {}}
+    key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     folder = root / model / tag / f"{slug}-{key}"
     folder.mkdir(parents=True)
     latents = {f"hit_{i:02d}": h[2].to(dtype).contiguous() for i, h in enumerate(hits)}
@@ -93,15 +105,12 @@ def write_run(
     if video is not None:
         folder.joinpath("video.mp4").write_bytes(video.read_bytes())
         media_files = ["video.mp4"]
-    algo = {"algo_name": algorithm, "num_cores": num_cores, "init_t": init_t,
-            "stopping_kwargs": stop or {"criterion": "none", "index": 0, "threshold": 4e-4}}
-    if tolerance is not None:
-        algo["tolerance"] = tolerance
-    config = {"algo": dict(algo), "model": {"model_name": model, "num_inference_steps": num_steps}}
+    config = {"algo": dict(algo), "model": dict(model_cfg)}
     if experiment_label:
         config["experiment_label"] = experiment_label
     stats = {
-        "format": 1,
+        "format": 1 if legacy else 2,
+        **({} if legacy else {"key": key, "identity": identity}),
         "prompt": prompt,
         "seed": seed,
         "model": model,
@@ -112,7 +121,7 @@ def write_run(
         "num_cores": num_cores,
         "num_steps": num_steps,
         "hardware": hardware,
-        "world_size": num_cores,
+        "world_size": world_size,
         "hits": [
             {"index": i, "core": c, "round": r, "wall_s": sample_s * r / rounds, "latent": f"hit_{i:02d}", "media": None}
             for i, (c, r, _x) in enumerate(hits)
@@ -353,7 +362,7 @@ def test_labels_experiment_label_and_disambiguation(tmp_path):
     res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
     methods = set(res.summary["method"])
     assert methods == {"Sequential", "CHORDS (stop=core_index=1)", "CHORDS (stop=core_index=2)", "SRDS (pipelined)"}
-    assert any("several 'CHORDS' settings share a cell" in p for p in res.problems)
+    assert any("several 'CHORDS' settings would share a cell" in p for p in res.problems)
     s = res.summary.set_index("method")
     assert s.loc["CHORDS (stop=core_index=2)", "speedup"] == pytest.approx(50 / 30)
     assert s.loc["SRDS (pipelined)", "speedup"] == pytest.approx(50 / 28)
@@ -371,13 +380,74 @@ def test_filters(tmp_path):
     assert set(res.summary["model"]) == {"tiny-img"}
 
 
-def test_mixed_hardware_in_a_cell_is_reported(tmp_path):
+def test_mixed_hardware_never_shares_a_cell(tmp_path):
+    """Runs on different hardware (timings differ) are separate, labelled rows; one line says so."""
     root = tmp_path / "out"
     write_run(root, prompt=P1, hardware="cpu", sample_s=2.0)
     write_run(root, prompt=P2, hardware="gpu", sample_s=1.0)
     res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
-    assert any("different hardware (cpu,gpu)" in p for p in res.problems)
-    assert res.summary["time_sample_s"].iloc[0] == pytest.approx(1.5)
+    assert any("told apart by hw.name" in p for p in res.problems)
+    s = res.summary.set_index("method")
+    assert s.loc["Sequential (hw.name=cpu)", "time_sample_s"] == pytest.approx(2.0)
+    assert s.loc["Sequential (hw.name=gpu)", "time_sample_s"] == pytest.approx(1.0)
+
+
+def test_same_algorithm_on_cpu_and_batched_hardware_are_separate_rows(tmp_path):
+    root = tmp_path / "out"
+    write_run(root, prompt=P1)
+    for hw, ws, t in (("cpu", 4, 2.0), ("batched", 1, 0.5)):
+        write_run(root, algorithm="chords", prompt=P1, num_cores=4, init_t=[0, 8, 16, 32], hardware=hw, world_size=ws,
+                  hits=[(4, 21, shifted(P1, 0, .2))], rounds=21, sample_s=t)
+    res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
+    s = res.summary.set_index("method")
+    assert s.loc["CHORDS (hw.name=batched, hw.world_size=1)", "time_sample_s"] == pytest.approx(0.5)
+    assert s.loc["CHORDS (hw.name=cpu, hw.world_size=4)", "time_sample_s"] == pytest.approx(2.0)
+    # both pair with the one sequential reference (hardware is not a model setting)
+    assert s.loc["CHORDS (hw.name=cpu, hw.world_size=4)", "latent_rmse"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("setting", [
+    {"guidance_scale": 5.0}, {"flow_shift": 3.0}, {"scheduler": "euler"}, {"timestep_spacing": "leading"},
+    {"max_sequence_length": 256}, {"prompt_template": {"template": "{}", "crop_start": 0}}, {"model_path": "/x"},
+    {"dtype": "float32"}, {"height": 64}, {"num_frames": 9}, {"step_precision": "float32"},
+])
+def test_eval_never_pairs_across_model_settings(tmp_path, setting):
+    """A run pairs only with a reference of its own model settings; rows are split and labelled."""
+    root = tmp_path / "out"
+    base = {"guidance_scale": 3.5, "dtype": "bfloat16", "height": 32}
+    other = {**base, **setting}
+    write_run(root, prompt=P1, model_settings=base)
+    write_run(root, prompt=P1, model_settings=other, hits=[(1, 50, shifted(P1, 0, 7.0))])
+    write_run(root, algorithm="chords", prompt=P1, num_cores=4, init_t=[0, 8, 16, 32], model_settings=other,
+              hits=[(4, 21, shifted(P1, 0, 7.25))], rounds=21)
+    write_run(root, algorithm="chords", prompt=P1, num_cores=4, init_t=[0, 8, 16, 32], model_settings=base,
+              hits=[(4, 21, shifted(P1, 0, .5))], rounds=21)
+    res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
+    assert any("differ in model settings" in p for p in res.problems)
+    rows = res.summary[res.summary["algorithm"] == "chords"].set_index("model")
+    assert len(rows) == 2 and all(m.startswith("tiny-img [") for m in rows.index)
+    assert sorted(rows["latent_rmse"]) == pytest.approx([0.25, 0.5])
+    assert len(res.summary[res.summary["algorithm"] == "sequential"]) == 2
+
+
+def test_experiment_label_never_renames_the_sequential_row(tmp_path):
+    root = tmp_path / "out"
+    write_run(root, prompt=P1, experiment_label="my study")
+    write_run(root, algorithm="chords", prompt=P1, num_cores=4, init_t=[0, 8, 16, 32], experiment_label="my study",
+              hits=[(4, 21, shifted(P1, 0, .2))], rounds=21)
+    res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
+    assert set(res.summary["method"]) == {"Sequential", "my study"}
+
+
+def test_legacy_format_1_folders_still_read(tmp_path):
+    root = tmp_path / "out"
+    write_run(root, prompt=P1, legacy=True)
+    write_run(root, algorithm="chords", prompt=P1, num_cores=4, init_t=[0, 8, 16, 32], legacy=True,
+              hits=[(4, 21, shifted(P1, 0, .2))], rounds=21)
+    res = run_eval(eval_cfg(tmp_path, [root], "figures=[]"))
+    assert any("written before run identities" in p for p in res.problems)
+    s = res.summary.set_index("method")
+    assert s.loc["CHORDS", "latent_rmse"] == pytest.approx(0.2)
 
 
 # --------------------------------------------------------------------------- robustness
