@@ -543,9 +543,9 @@ def test_load_run_validation_messages(tmp_path):
     with pytest.raises(Exception, match="neither 'image' nor 'video'"):
         load_run(f)
     s["media"] = "image"
-    s["format"] = 2
+    s["format"] = 3
     (f / "stats.json").write_text(json.dumps(s))
-    with pytest.raises(Exception, match="format 2 is not supported"):
+    with pytest.raises(Exception, match="format 3 is not supported"):
         load_run(f)
 
 
