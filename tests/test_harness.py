@@ -283,14 +283,17 @@ def test_bad_input_from_a_real_process(tmp_path):
 
 def test_prompt_folder_names_are_safe_and_distinct(tmp_path):
     prompts = ["a/b/../c", "a.b.c", 'say "hi"', "x" * 5000, "数字 7 — ünïcödé", "a b", "a_b", ".", "..", "   /   "]
-    folders = [run_folder(tmp_path, "digits", "sequential", p, 42, {"num_inference_steps": 50}) for p in prompts]
+    def ident(prompt, seed=42, n=50):
+        return {"prompt": prompt, "model": {"seed": seed, "num_inference_steps": n}, "algo": {}, "hardware": {}, "run": {}}
+
+    folders = [run_folder(tmp_path, "digits", "sequential", ident(p)) for p in prompts]
     assert len({f.name for f in folders}) == len(prompts)
     for f in folders:
         assert f.parent == tmp_path / "digits" / "sequential"
         assert len(f.name) <= 60 and all(c.isascii() and (c.isalnum() or c in "_-") for c in f.name)
-    f = run_folder(tmp_path, "digits", "sequential", "a", 42, {"num_inference_steps": 50})
-    assert f != run_folder(tmp_path, "digits", "sequential", "a", 43, {"num_inference_steps": 50})
-    assert f != run_folder(tmp_path, "digits", "sequential", "a", 42, {"num_inference_steps": 20})
+    f = run_folder(tmp_path, "digits", "sequential", ident("a"))
+    assert f != run_folder(tmp_path, "digits", "sequential", ident("a", seed=43))
+    assert f != run_folder(tmp_path, "digits", "sequential", ident("a", n=20))
 
 
 def test_odd_prompts_run(tmp_path, monkeypatch):
