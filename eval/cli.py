@@ -231,6 +231,11 @@ def _shown(run, flt: dict) -> bool:
     return True
 
 
+def clip_pretrained(clip_cfg: dict) -> bool:
+    """Whether the CLIP weights are pretrained ones (``clip.pretrained`` names a tag or a file)."""
+    return clip_cfg.get("pretrained") not in (None, "", "null", "none", "random")
+
+
 def _clip_scores(runs, cfg: dict, cache: ResultCache, problems) -> dict[Path, float]:
     from .clip_score import ClipScorer, score_files
 
@@ -239,7 +244,7 @@ def _clip_scores(runs, cfg: dict, cache: ResultCache, problems) -> dict[Path, fl
     if not images:
         return {}
     tag = f"clip|{c['model']}|{c['pretrained']}"
-    use_cache = c.get("pretrained") not in (None, "", "null", "none", "random")
+    use_cache = clip_pretrained(c)
     scores: dict[Path, float] = {}
     todo = []
     for r in images:
@@ -278,7 +283,7 @@ def _vbench_values(runs, cfg: dict, cache: ResultCache, out: Path, problems) -> 
     stamps: dict[str, tuple[Any, str]] = {}
     for r in videos:
         stamp = cache.stamp(r)
-        key = f"vbench|{r.path.resolve()}"
+        key = f"vbench-v2|{r.path.resolve()}"  # v2: per-video values on VBench's aggregate scale
         hit = cache.get(key, stamp) or {}
         values[r.path] = {d: float(hit[d]) for d in dims if d in hit}
         if all(d in hit for d in dims):
@@ -299,8 +304,8 @@ def _vbench_values(runs, cfg: dict, cache: ResultCache, out: Path, problems) -> 
             if lost:
                 problems.report(f"{r.name}: VBench gave no {', '.join(lost)} (unreadable video?)")
             values[r.path].update(res)
-            old = cache.get(f"vbench|{r.path.resolve()}", stamp) or {}
-            cache.put(f"vbench|{r.path.resolve()}", stamp, {**old, **res})
+            old = cache.get(f"vbench-v2|{r.path.resolve()}", stamp) or {}
+            cache.put(f"vbench-v2|{r.path.resolve()}", stamp, {**old, **res})
     return values
 
 
@@ -422,6 +427,12 @@ def run_eval(cfg: dict) -> EvalResult:
         if not summary.empty:
             tables = T.build_tables(summary, cfg["tables"], steps, cfg["time"], cfg.get("decimals") or {},
                                     (cfg.get("table4") or {}).get("algorithms"))
+            if clip_on and not clip_pretrained(cfg["clip"]):
+                problems.report("CLIP scores use random (non-pretrained) CLIP weights (clip.pretrained is null): "
+                                "they are not comparable to published CLIP scores; the tables say so")
+                for t in tables.values():
+                    if any("clip_score" in str(c) for c in t.numeric.columns):
+                        t.caption += " CLIP Score from random (non-pretrained) CLIP weights: not a quality measure."
             for t in tables.values():
                 files += T.write_table(t, out, cfg["formats"])
         if "figure4" in cfg["figures"] and not summary.empty:

@@ -1,10 +1,14 @@
 """CLIP score of image runs with open_clip (the paper: ViT-g-14, laion2b_s34b_b88k).
 
-CLIPScore here is the standard text-to-image definition used by torchmetrics and most
-diffusion papers: ``100 * max(cos(E_image, E_text), 0)`` with L2-normalised open_clip
-embeddings (Hessel et al.'s reference-free CLIP-S uses a weight of 2.5 instead of 100; the
-paper's values, ~31-32, are on the 100 scale). Text longer than the model's context (77
-tokens) is truncated by open_clip's tokenizer.
+CLIPScore here is ``100 * max(cos(E_image, E_text), 0)`` per sample, with L2-normalised
+open_clip embeddings, and a cell's score is the mean of its samples' scores: the clamp is
+applied to each sample, as in Hessel et al.'s reference-free CLIP-S (whose weight is 2.5; the
+paper's values, ~31-32, are on the 100 scale). torchmetrics' ``CLIPScore`` instead clamps the
+mean over the batch, ``max(mean(100 * cos), 0)``; the two agree whenever no sample's cosine is
+negative (as with pretrained CLIP on real images) and differ only when some are (e.g. random
+weights). Tables computed with non-pretrained weights (``clip.pretrained: null``) say so in
+their caption. Text longer than the model's context (77 tokens) is truncated by open_clip's
+tokenizer.
 
 Weights are never downloaded implicitly: they are looked up where ``python download.py --clip``
 (or ``open_clip.download_pretrained``) puts them, i.e. the Hugging Face hub cache (or

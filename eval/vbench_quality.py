@@ -10,6 +10,12 @@ Quality Score (VBench's normalisation, from its repository's ``cal_final_score``
 does not ship it): each dimension is normalised ``(x - min) / (max - min)``, weighted, summed
 and divided by the sum of the weights; tables show it as a percentage.
 
+Per-video values are read on VBench's aggregate scale: VBench 0.1.5 writes imaging quality per
+video as the raw MUSIQ score on 0-100 and divides only its aggregate by 100
+(``imaging_quality.py``), so :func:`per_video_value` divides those per-video values by 100
+(:data:`PER_VIDEO_SCALE`); every other dimension is already on 0-1. Without this a realistic
+video scores a Quality Score near 10 instead of near 0.8.
+
 A cell's dimension value is the mean of its videos' per-video values (VBench's own aggregate
 weights some dimensions by frame count, which is the same when a model's videos have equal
 length, as they do in one run set); the cell's Quality Score is computed from those means.
@@ -38,7 +44,16 @@ QUALITY_DIMENSIONS: dict[str, tuple[float, float, float]] = {
     "imaging_quality": (0.0, 1.0, 1.0),
 }
 
+#: Divisors that bring VBench's per-video values to the scale of its aggregates (and of the
+#: normalisation constants above): imaging quality per video is MUSIQ on 0-100.
+PER_VIDEO_SCALE: dict[str, float] = {"imaging_quality": 100.0}
+
 WORKER = Path(__file__).with_name("vbench_worker.py")
+
+
+def per_video_value(dimension: str, value: float) -> float:
+    """A per-video value as VBench writes it, on the scale of VBench's aggregate for that dimension."""
+    return float(value) / PER_VIDEO_SCALE.get(dimension, 1.0)
 
 
 class VBenchUnavailable(Exception):
@@ -171,6 +186,6 @@ def evaluate_videos(
     out: dict[str, dict[str, float]] = {}
     for name, dims in answer.get("per_video", {}).items():
         if name in names:
-            out[names[name]] = {d: float(v) for d, v in dims.items() if isinstance(v, (int, float))}
+            out[names[name]] = {d: per_video_value(d, v) for d, v in dims.items() if isinstance(v, (int, float))}
     return out
 

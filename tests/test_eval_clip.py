@@ -152,3 +152,11 @@ def test_unreadable_image_is_left_out(tiny_clip, tiny_checkpoint, tmp_path):
     assert math.isnan(by_prompt[P2]) and not math.isnan(by_prompt[P1])
     assert any("image unreadable; left out of CLIP score" in p for p in res.problems)
     assert res.summary["clip_score"].iloc[0] == pytest.approx(by_prompt[P1])
+
+
+def test_tables_from_random_clip_weights_say_so(tiny_clip, tmp_path):
+    image_sweep(tmp_path / "out")
+    res = run_eval(eval_cfg(tmp_path, [tmp_path / "out"], "clip.enabled=true", f"clip.model={tiny_clip}",
+                            "clip.pretrained=null", "clip.device=cpu", "figures=[]"))
+    assert any("random (non-pretrained) CLIP weights" in p for p in res.problems)
+    assert "non-pretrained" in (tmp_path / "eval_out" / "table2.md").read_text()

@@ -2,6 +2,7 @@
 end-to-end temporal_flickering run when a VBench environment is present (VBENCH_PYTHON)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -171,3 +172,25 @@ def test_setup_script_is_valid_bash():
     assert proc.returncode == 0, proc.stderr
     text = script.read_text()
     assert "vbench==0.1.5" in text and "setuptools<81" in text and "torch===2.13.0" in text
+
+
+def test_per_video_values_as_vbench_writes_them_give_a_realistic_quality_score(tmp_path):
+    """VBench 0.1.5 writes imaging quality per video as MUSIQ on 0-100 (only its aggregate is /100);
+    the other dimensions on 0-1. A worker answering exactly that must give a Quality Score near 0.8."""
+    per_video = {"subject_consistency": 0.95, "background_consistency": 0.96, "temporal_flickering": 0.97,
+                 "motion_smoothness": 0.98, "dynamic_degree": 0.5, "aesthetic_quality": 0.6, "imaging_quality": 65.0}
+    answer = json.dumps({"ok": True, "per_video": {"000000.mp4": per_video}})
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!/bin/sh\necho 'vbench chatter'\necho '{answer}'\n")
+    fake.chmod(0o755)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0")
+    got = evaluate_videos({"run": (video, "a prompt")}, list(per_video), tmp_path / "work", str(fake))
+    assert got["run"]["imaging_quality"] == pytest.approx(0.65)
+    assert got["run"]["subject_consistency"] == pytest.approx(0.95)
+    expected = (
+        (0.95 - 0.1462) / 0.8538 + (0.96 - 0.2615) / 0.7385 + (0.97 - 0.6293) / 0.3707 + (0.98 - 0.706) / 0.2915
+        + 0.5 * 0.5 + 0.6 + 0.65
+    ) / 6.5
+    assert quality_score(got["run"]) == pytest.approx(expected)
+    assert 0.75 < quality_score(got["run"]) < 0.85
