@@ -109,3 +109,32 @@ def test_unknown_future_keys_change_the_identity():
     d = run_identity({**cfg, "model": {"a": 1, "brand_new": 0}}, "p", {"algo_name": "chords"}, {"name": "cpu"}, 2)
     assert digest(a) != digest(d)
     assert digest(a) != digest(run_identity(cfg, "p", {"algo_name": "chords"}, {"name": "cpu"}, 4))
+
+
+def test_stats_record_warm_up_and_device_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    folder, ref = _folders(tmp_path, "hardware=cpu")
+    s = json.loads((folder / "stats.json").read_text())
+    assert s["warmup"]["states"] == 2 and s["warmup"]["seconds"] >= 0  # one forward per rank, timed apart
+    assert len(s["devices"]) == s["world_size"] == 2 and all(isinstance(d, str) and d for d in s["devices"])
+    r = json.loads((ref / "stats.json").read_text())
+    assert r["warmup"] == s["warmup"] and len(r["devices"]) == 1
+
+
+def test_clock_synchronises_cuda_before_every_reading(monkeypatch):
+    import torch
+
+    from chords.runner import Clock
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    clock = Clock(torch.device("cuda:0"))
+    clock.start()
+    clock.elapsed()
+    clock.elapsed()
+    assert calls == [torch.device("cuda:0")] * 3
+    calls.clear()
+    cpu = Clock(torch.device("cpu"))
+    cpu.start()
+    cpu.elapsed()
+    assert calls == []
