@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
 
 SLUG_LEN = 48
 KEY_LEN = 10
@@ -109,22 +112,81 @@ def is_complete(folder: Path) -> bool:
 
 
 def clean_partial(folder: Path) -> None:
-    """Remove temporary folders an interrupted run left next to ``folder``."""
+    """Remove temporary folders an interrupted run left next to ``folder``.
+
+    Call it only while holding ``folder``'s :class:`FolderLock`: a live run writing ``folder``
+    holds that lock, so every temporary sibling found then belongs to a run that died.
+    """
     if folder.parent.is_dir():
         for tmp in folder.parent.glob(f"{folder.name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class FolderLock:
+    """An advisory lock (``flock``) on one run folder, shared by every run writing into a tree.
+
+    The lock file is ``{root}/.locks/{folder relative to root}.lock`` (``root``: the output
+    tree, default the folder's parent; hidden: eval and globs over run folders never see it).
+    The kernel drops the lock when its process dies, so a folder left incomplete by a dead run
+    is free to be recomputed, while a folder another live run is writing is not touched.
+    """
+
+    def __init__(self, folder: Path, root: Path | None = None):
+        self.folder = Path(folder)
+        root = Path(root) if root is not None else self.folder.parent
+        try:
+            rel = self.folder.relative_to(root)
+        except ValueError:
+            rel = Path(self.folder.name)
+        self.path = root / ".locks" / rel.with_name(f"{rel.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Take the lock; with ``blocking=False`` return False at once if another process holds it."""
+        import fcntl
+
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
 @contextmanager
 def atomic_folder(folder: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``folder`` in one rename."""
+    """Yield a temporary folder; on success it becomes ``folder`` in one rename.
+
+    An existing ``folder`` is replaced when ``overwrite`` is set or when it is incomplete (a
+    partial copy, a deleted stats.json); a complete one that another writer finished first is
+    kept and this run's copy is discarded (both are the same identity).
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
     try:
         yield tmp
         if folder.exists():
-            if not overwrite:
-                raise FileExistsError(f"{folder} appeared while this run was writing it")
+            if not overwrite and is_complete(folder):
+                log.warning("%s was completed by another run meanwhile; keeping that one", folder)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
             old = folder.with_name(f"{folder.name}.tmp-old-{os.getpid()}")
             os.replace(folder, old)
             os.replace(tmp, folder)

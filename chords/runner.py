@@ -28,7 +28,17 @@ from chords.config import RunSpec, validate
 from chords.core import Hit, Sequential, sample
 from chords.models.base import Adapter, Encoded
 from chords.config import CONFIG_DIR
-from chords.rundir import atomic_folder, clean_partial, digest, is_complete, run_folder, run_identity, save_latents, write_json
+from chords.rundir import (
+    FolderLock,
+    atomic_folder,
+    clean_partial,
+    digest,
+    is_complete,
+    run_folder,
+    run_identity,
+    save_latents,
+    write_json,
+)
 
 log = logging.getLogger("chords.runner")
 
@@ -253,81 +263,148 @@ def warm_up(backend: Any, enc: Encoded, num_cores: int, clock: Clock) -> dict:
     return {"states": b, "seconds": clock.elapsed()}
 
 
+@dataclass
+class Job:
+    """One prompt: its run folder and, with ``reference=true``, its sequential reference's."""
+
+    prompt: str
+    folder: Path
+    identity: dict
+    ref: Path | None = None
+    ref_identity: dict | None = None
+
+    def folders(self) -> list[Path]:
+        return [self.folder] + ([self.ref] if self.ref is not None else [])
+
+
+class _Session:
+    """The loaded model and backend, sampling jobs one at a time into a shared output tree.
+
+    Before writing a folder the session takes its :class:`chords.rundir.FolderLock`. A folder
+    another live run is writing (its lock is held) is *skipped* on the first pass and *waited
+    for* at the end (:meth:`do` with ``wait=True``): when that run finishes it, it is read back;
+    when that run dies (the lock frees with the folder still incomplete), it is recomputed here.
+    """
+
+    def __init__(self, cfg: DictConfig, spec: RunSpec, adapter: Adapter, backend: Any, device: torch.device,
+                 algo_cfg: dict, seq_cfg: dict):
+        self.cfg, self.spec, self.adapter, self.backend, self.device = cfg, spec, adapter, backend, device
+        self.algo_cfg, self.seq_cfg = algo_cfg, seq_cfg
+        self.ref_backend = LocalBackend(adapter, "loop")
+        self.overwrite = bool(cfg.overwrite)
+        self.root = Path(cfg.output_base_path)
+        self.full_return = bool(cfg.algo.get("full_return", False))
+        self.warmup: dict | None = None
+
+    def _needs(self, folder: Path) -> bool:
+        return self.overwrite or not is_complete(folder)
+
+    def do(self, job: Job, wait: bool) -> tuple[Outcome, Outcome | None] | None:
+        """Sample what ``job`` still needs; None when a folder is busy and ``wait`` is False."""
+        locks: dict[Path, FolderLock] = {}
+        try:
+            for folder in job.folders():
+                if not self._needs(folder):
+                    continue
+                lock = FolderLock(folder, self.root)
+                if not lock.acquire(blocking=False):
+                    if not wait:
+                        log.info("busy (another run is writing it): %s; coming back to it at the end", folder)
+                        return None
+                    log.info("waiting for another run to finish %s", folder)
+                    lock.acquire(blocking=True)
+                    if is_complete(folder):  # the other run finished it: use it, even with overwrite
+                        lock.release()
+                        continue
+                elif not self.overwrite and is_complete(folder):  # finished between the check and the lock
+                    lock.release()
+                    continue
+                locks[folder] = lock
+            if not locks:
+                log.info("skip (complete): %s", job.folder)
+                return _skipped(job.prompt, job.folder), (_skipped(job.prompt, job.ref) if job.ref else None)
+            return self._sample(job, locks)
+        finally:
+            for lock in locks.values():
+                lock.release()
+
+    def _sample(self, job: Job, locks: dict[Path, FolderLock]) -> tuple[Outcome, Outcome | None]:
+        cfg, spec = self.cfg, self.spec
+        clock = Clock(self.device)
+        clock.start()
+        with torch.no_grad():
+            enc = self.adapter.encode(job.prompt, int(cfg.model.seed))
+        encode_s = clock.elapsed()
+        if self.warmup is None:
+            self.warmup = warm_up(self.backend, enc, spec.algorithm.num_cores, clock)
+            log.info("warm-up forward (%d state(s)): %.3fs", self.warmup["states"], self.warmup["seconds"])
+        if job.folder in locks:
+            clean_partial(job.folder)
+            ctx = RunContext(job.identity, self.algo_cfg, str(cfg.hardware.name), self.backend.world_size,
+                             device_names(self.device, self.backend.world_size), self.warmup, self.full_return, spec.algo_tag)
+            main = sample_prompt(cfg, self.adapter, self.backend, spec.algorithm, spec.stop, enc, encode_s, job.folder, ctx)
+            log.info("%s: %d rounds (output at %d), %d nfe, %.2fs -> %s", job.prompt[:60], main.rounds, main.output_round,
+                     main.nfe, main.sample_s, job.folder)
+        else:
+            main = _skipped(job.prompt, job.folder)
+        refo = None
+        if job.ref is not None:
+            if job.ref in locks:
+                clean_partial(job.ref)
+                ctx = RunContext(job.ref_identity or {}, self.seq_cfg, "local", 1, device_names(self.device, 1),
+                                 self.warmup, False, "sequential")
+                refo = sample_prompt(cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref, ctx)
+            else:
+                refo = _skipped(job.prompt, job.ref)
+        return main, refo
+
+
 def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Outcome | None]]:
     """Run every prompt; return (outcome, sequential reference or None) per prompt.
 
     Folders are keyed by :func:`chords.rundir.run_identity` of the resolved config: a complete
     folder is skipped (unless ``overwrite``) only when everything that can change its sample or
-    its timing is the same.
+    its timing is the same. Several runs may share an output tree (see :class:`_Session`).
     """
     spec = spec or validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     algo_cfg = _resolved_algo(cfg, spec)
     seq_cfg = reference_algo()
-    is_seq = algo_cfg["algo_name"] == "sequential"
-    want_ref = bool(cfg.get("reference", False)) and not is_seq
+    want_ref = bool(cfg.get("reference", False)) and algo_cfg["algo_name"] != "sequential"
     base = Path(cfg.output_base_path)
-    main_hw = config["hardware"]
     ref_hw = reference_hardware(cfg)
 
-    todo = []
+    jobs = []
     for prompt in spec.prompts:
-        ident = run_identity(config, prompt, algo_cfg, main_hw, spec.world_size)
-        folder = run_folder(base, cfg.model.model_name, spec.algo_tag, ident)
-        ref = ref_ident = None
+        ident = run_identity(config, prompt, algo_cfg, config["hardware"], spec.world_size)
+        job = Job(prompt, run_folder(base, cfg.model.model_name, spec.algo_tag, ident), ident)
         if want_ref:
-            ref_ident = run_identity(config, prompt, seq_cfg, ref_hw, 1)
-            ref = run_folder(base, cfg.model.model_name, "sequential", ref_ident)
-        todo.append((prompt, folder, ident, ref, ref_ident))
-    pending = [t for t in todo if cfg.overwrite or not is_complete(t[1]) or (t[3] is not None and not is_complete(t[3]))]
-    log.info("%d prompt(s), %d to sample (%s, %s, K=%d, N=%d)", len(todo), len(pending), cfg.model.model_name, spec.algo_tag, spec.algorithm.num_cores, spec.num_steps)
-
-    outcomes: list[tuple[Outcome, Outcome | None]] = []
+            job.ref_identity = run_identity(config, prompt, seq_cfg, ref_hw, 1)
+            job.ref = run_folder(base, cfg.model.model_name, "sequential", job.ref_identity)
+        jobs.append(job)
+    pending = [j for j in jobs if any(cfg.overwrite or not is_complete(f) for f in j.folders())]
+    log.info("%d prompt(s), %d to sample (%s, %s, K=%d, N=%d)", len(jobs), len(pending), cfg.model.model_name,
+             spec.algo_tag, spec.algorithm.num_cores, spec.num_steps)
     if not pending:
-        return [(_skipped(p, f), _skipped(p, r) if r else None) for p, f, _i, r, _ri in todo]
+        return [(_skipped(j.prompt, j.folder), _skipped(j.prompt, j.ref) if j.ref else None) for j in jobs]
 
     t_load = time.perf_counter()
     device = _device(cfg)
     adapter = spec.adapter_cls(cfg.model, device, "full")
+    results: dict[int, tuple[Outcome, Outcome | None]] = {}
     with make_backend(cfg, spec, adapter) as backend:
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
-        ref_backend = LocalBackend(adapter, "loop")
-        hardware = str(cfg.hardware.name)
-        full_return = bool(cfg.algo.get("full_return", False))
-        warmup: dict | None = None
-        for prompt, folder, ident, ref, ref_ident in tqdm(todo, desc="prompts", unit="prompt", disable=None):
-            do_main = cfg.overwrite or not is_complete(folder)
-            do_ref = ref is not None and (cfg.overwrite or not is_complete(ref))
-            if not (do_main or do_ref):
-                log.info("skip (complete): %s", folder)
-                outcomes.append((_skipped(prompt, folder), _skipped(prompt, ref) if ref else None))
-                continue
-            clock = Clock(device)
-            clock.start()
-            with torch.no_grad():
-                enc = adapter.encode(prompt, int(cfg.model.seed))
-            encode_s = clock.elapsed()
-            if warmup is None:
-                warmup = warm_up(backend, enc, spec.algorithm.num_cores, clock)
-                log.info("warm-up forward (%d state(s)): %.3fs", warmup["states"], warmup["seconds"])
-            if do_main:
-                clean_partial(folder)
-                ctx = RunContext(ident, algo_cfg, hardware, backend.world_size, device_names(device, backend.world_size),
-                                 warmup, full_return, spec.algo_tag)
-                main = sample_prompt(cfg, adapter, backend, spec.algorithm, spec.stop, enc, encode_s, folder, ctx)
-                log.info("%s: %d rounds (output at %d), %d nfe, %.2fs -> %s", prompt[:60], main.rounds, main.output_round, main.nfe, main.sample_s, folder)
+        session = _Session(cfg, spec, adapter, backend, device, algo_cfg, seq_cfg)
+        busy = []
+        for i, job in enumerate(tqdm(jobs, desc="prompts", unit="prompt", disable=None)):
+            got = session.do(job, wait=False)
+            if got is None:
+                busy.append(i)
             else:
-                main = _skipped(prompt, folder)
-            refo = None
-            if ref is not None:
-                if do_ref:
-                    clean_partial(ref)
-                    ctx = RunContext(ref_ident, seq_cfg, "local", 1, device_names(device, 1), warmup, False, "sequential")
-                    refo = sample_prompt(cfg, adapter, ref_backend, Sequential(), None, enc, encode_s, ref, ctx)
-                else:
-                    refo = _skipped(prompt, ref)
-            outcomes.append((main, refo))
-    return outcomes
+                results[i] = got
+        for i in busy:
+            results[i] = session.do(jobs[i], wait=True)
+    return [results[i] for i in range(len(jobs))]
 
 
 def _skipped(prompt: str, folder: Path) -> Outcome:
