@@ -114,6 +114,11 @@ def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, wit
                         rmse = latent_rmse(a, b)
                     except ValueError as e:
                         problems.report(f"{r.name}: latent RMSE impossible against {ref.name} ({e})")
+                    if a.shape == b.shape and not math.isfinite(rmse):
+                        bad = r.name if not torch.isfinite(a).all() else ref.name
+                        problems.report(f"{r.name}: latent RMSE is not finite ({bad} holds NaN or inf values); "
+                                        f"left out of the cell mean")
+                        rmse = math.nan
         row["latent_rmse"] = rmse
         rows.append(row)
         # The reference is needed again for other runs; runs' own latents are not.

@@ -119,6 +119,8 @@ class Run:
     #: their stored config (``legacy``)
     identity: dict[str, Any] = field(default_factory=dict)
     legacy: bool = False
+    #: one line per malformed optional field (reported by load_runs, the run is still used)
+    warnings: list[str] = field(default_factory=list)
     # Filled by assign_labels().
     base_label: str = ""
     facets: dict[str, str] = field(default_factory=dict)
@@ -272,8 +274,9 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 
 
 def _is(value: Any, typ) -> bool:
-    if typ is int or typ == (int,):
-        return isinstance(value, int) and not isinstance(value, bool)
+    """isinstance, except that a bool is never a number."""
+    if isinstance(value, bool) and typ is not bool:
+        return False
     return isinstance(value, typ)
 
 
@@ -287,6 +290,7 @@ def load_run(path: str | os.PathLike) -> Run:
     """Load and validate one run folder; raises RunError with a one-line reason."""
     path = Path(path)
     short = "/".join(path.parts[-3:])
+    warnings: list[str] = []
     try:
         with open(path / STATS, encoding="utf-8") as f:
             s = json.load(f)
@@ -310,15 +314,27 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"{short}: num_cores and num_steps must be >= 1")
     hits = []
     for i, h in enumerate(s["hits"]):
-        if not isinstance(h, dict) or not _is(h.get("round"), int):
-            raise RunError(f"{short}: hits[{i}] lacks an integer 'round'")
+        if not isinstance(h, dict):
+            raise RunError(f"{short}: hits[{i}] is not an object")
+        for key, default in (("round", None), ("index", i), ("core", 0)):
+            value = h.get(key, default)
+            if not _is(value, int) or value < 0:
+                raise RunError(f"{short}: hits[{i}].{key} is {value!r}, not an integer >= 0")
+        if h.get("index", i) != i:
+            raise RunError(f"{short}: hits[{i}].index is {h['index']!r}; hits must be listed in order (index {i})")
+        latent = h.get("latent", f"hit_{i:02d}")
+        if not isinstance(latent, str) or not latent:
+            raise RunError(f"{short}: hits[{i}].latent is {latent!r}, not a tensor name")
+        wall = h.get("wall_s")
+        if wall is not None and not (_is(wall, (int, float)) and math.isfinite(float(wall)) and float(wall) >= 0):
+            warnings.append(f"{short}: hits[{i}].wall_s is {wall!r} (not a finite number >= 0); left out")
         hits.append(
             HitInfo(
-                index=int(h.get("index", i)),
-                core=int(h.get("core", 0)) if _is(h.get("core", 0), int) else 0,
+                index=i,
+                core=int(h.get("core", 0)),
                 round=int(h["round"]),
-                wall_s=_num(h.get("wall_s")),
-                latent=str(h.get("latent") or f"hit_{i:02d}"),
+                wall_s=_num(wall) if wall is None or (_is(wall, (int, float)) and float(wall) >= 0) else math.nan,
+                latent=latent,
                 media=h.get("media") if isinstance(h.get("media"), str) else None,
             )
         )
@@ -333,9 +349,19 @@ def load_run(path: str | os.PathLike) -> Run:
         )
     if s["output_round"] < 1 or s["rounds"] < 1:
         raise RunError(f"{short}: rounds and output_round must be >= 1")
-    timing = {k: _num(s["timing"].get(k)) for k in ("encode_s", "sample_s", "decode_s", "total_s")}
+    if s["output_round"] > s["rounds"]:
+        raise RunError(f"{short}: output_round {s['output_round']} is after the last round ({s['rounds']})")
+    if s["nfe"] < s["rounds"]:
+        raise RunError(f"{short}: nfe {s['nfe']} is below rounds {s['rounds']} (every round evaluates at least once)")
+    timing = {}
+    for k in ("encode_s", "sample_s", "decode_s", "total_s"):
+        raw = s["timing"].get(k)
+        timing[k] = _num(raw)
+        if raw is not None and (math.isnan(timing[k]) or timing[k] < 0):
+            warnings.append(f"{short}: timing.{k} is {raw!r} (not a finite number >= 0); left out of the time columns")
+            timing[k] = math.nan
     if math.isnan(timing["sample_s"]):
-        raise RunError(f"{short}: timing.sample_s is missing or not a number")
+        raise RunError(f"{short}: timing.sample_s is missing, negative or not a number")
     shape = s.get("latent_shape")
     latent_shape = tuple(int(d) for d in shape) if isinstance(shape, list) and all(_is(d, int) for d in shape) else None
     algo = s.get("algo") if isinstance(s.get("algo"), dict) else {}
@@ -378,6 +404,7 @@ def load_run(path: str | os.PathLike) -> Run:
         experiment_label=str(exp_label) if isinstance(exp_label, str) and exp_label.strip() else None,
         identity=identity,
         legacy=legacy,
+        warnings=warnings,
     )
 
 
@@ -385,9 +412,13 @@ def load_runs(roots: Iterable[str | os.PathLike], problems: Problems) -> list[Ru
     runs = []
     for d in find_run_dirs(roots, problems):
         try:
-            runs.append(load_run(d))
+            run = load_run(d)
         except RunError as e:
             problems.report(f"corrupt run folder skipped: {e}")
+            continue
+        for w in run.warnings:
+            problems.report(w)
+        runs.append(run)
     return runs
 
 

@@ -706,3 +706,47 @@ def test_real_digits_runs_from_the_runner(tmp_path):
     assert s.loc[("CHORDS", 4), "speedup"] > 1.5
     assert 0 <= s.loc[("CHORDS", 4), "latent_rmse"] < 1.0
     assert (tmp_path / "eval_out" / "table2.md").is_file() and (tmp_path / "eval_out" / "table3.md").is_file()
+
+
+def test_every_kind_of_corruption_at_once_still_builds_the_tables(tmp_path):
+    """Each malformed field is one warning line naming the folder and the field; the rest builds."""
+    root = tmp_path / "out"
+    image_sweep(root)
+
+    def corrupt(prompt, edit, **kw):
+        f = write_run(root, algorithm="chords", prompt=prompt, num_cores=4, init_t=[0, 8, 16, 32],
+                      stop={"criterion": "core_index", "index": 1}, **kw)
+        s = json.loads((f / "stats.json").read_text())
+        edit(s)
+        (f / "stats.json").write_text(json.dumps(s))
+        return f
+
+    corrupt("index string", lambda s: s["hits"][0].update(index="zero"))
+    corrupt("index null", lambda s: s["hits"][0].update(index=None))
+    corrupt("round negative", lambda s: s["hits"][0].update(round=-3))
+    corrupt("hit not object", lambda s: s["hits"].__setitem__(0, 5))
+    corrupt("core bool", lambda s: s["hits"][0].update(core=True))
+    corrupt("latent null", lambda s: s["hits"][0].update(latent=None))
+    corrupt("identity missing", lambda s: s.pop("identity"))
+    corrupt("seed string", lambda s: s.update(seed="42"))
+    corrupt("timing not object", lambda s: s.update(timing=[1, 2]))
+    corrupt("negative sample", lambda s: s["timing"].update(sample_s=-1.0))
+    corrupt("nfe below rounds", lambda s: s.update(nfe=1))
+    corrupt("output after last round", lambda s: s.update(rounds=1))
+    neg_decode = corrupt("negative decode", lambda s: s["timing"].update(decode_s=-0.5))
+    bad_wall = corrupt("wall string", lambda s: s["hits"][0].update(wall_s="soon"))
+    nan_out = write_run(root, algorithm="chords", prompt=P1, num_cores=6, init_t=[0, 3, 6, 12, 24, 36],
+                        hits=[(6, 19, torch.full(SHAPE, float("nan")))], stop={"criterion": "core_index", "index": 1})
+    res = run_eval(eval_cfg(tmp_path, [root]))
+    text = "\n".join(res.problems)
+    for needle in ("hits[0].index is 'zero'", "hits[0].index is None", "hits[0].round is -3", "hits[0] is not an object",
+                   "hits[0].core is True", "hits[0].latent is None", "lacks an 'identity'", "field 'seed' has type str",
+                   "field 'timing' has type list", "timing.sample_s is missing, negative", "nfe 1 is below rounds",
+                   "is after the last round", "timing.decode_s is -0.5", "hits[0].wall_s is 'soon'",
+                   "latent RMSE is not finite"):
+        assert needle in text, needle
+    assert neg_decode.name in text and bad_wall.name in text and nan_out.name in text
+    assert all("\n" not in p for p in res.problems)
+    t2 = read_csv(tmp_path / "eval_out" / "table2.csv").set_index(["Model", "Method"])
+    assert t2.loc[("tiny-img", "CHORDS"), "K4_speedup"] == pytest.approx(50 / 21)
+    assert math.isnan(t2.loc[("tiny-img", "CHORDS"), "K6_latent_rmse"])  # the NaN output is not averaged in
