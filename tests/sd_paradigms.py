@@ -60,8 +60,10 @@ def side_by_side(num_steps: int, parallel: int, tolerance: float, prediction_typ
     from diffusers import DDIMParallelScheduler, StableDiffusionParadigmsPipeline
 
     unet, vae, text_encoder, tokenizer = tiny_modules()
-    # clip_sample=False: DDIMStep does not clip x0 (diffusers' default clips to [-1, 1]);
-    # set_alpha_to_one=True (the default): batch_step_no_noise always steps onto alpha-bar 1
+    # clip_sample=False: DDIMStep does not clip x0 (this scheduler's default clips to [-1, 1]).
+    # set_alpha_to_one=True (its default): batch_step_no_noise always steps onto alpha-bar 1,
+    # while _get_variance uses final_alpha_cumprod; with False the two disagree (the step goes
+    # to 1, the variance to alphas_cumprod[0]) and no single grid reproduces both.
     scheduler = DDIMParallelScheduler(clip_sample=False, set_alpha_to_one=True, prediction_type=prediction_type)
     pipe = StableDiffusionParadigmsPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
