@@ -4,6 +4,7 @@ Shih, Belkhale, Ermon, Sadigh, Anari, "Parallel Sampling of Diffusion Models", N
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Generator
 
@@ -12,6 +13,14 @@ import torch
 from chords.core import Emit, Request, Step, check_positive_int, check_tolerance
 
 Tensor = torch.Tensor
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``torch.cumsum`` accumulates in on CPU: float64 for float32/float64 states,
+    float32 for 16-bit ones (each prefix sum is rounded once to the state's dtype)."""
+    if dtype in (torch.float32, torch.float64):
+        return torch.float64
+    return torch.float32 if dtype.is_floating_point else dtype
 
 
 @dataclass(frozen=True)
@@ -27,36 +36,62 @@ class ParaDIGMS:
     Information travels at least one index per sweep, and for smooth dynamics far more.
 
     The buffer ``X[0..N]`` starts as ``x0`` everywhere and the window is ``[b, e)`` with
-    ``e = min(b + num_cores, N)``. Each round:
+    ``e = min(b + num_cores, N)``. Each round (one velocity call of ``e - b`` states):
 
     1. evaluate the velocities of ``X[b..e-1]`` in one call;
     2. ``X'[j+1] = X[b] + sum_{i=b..j} (step(X[i], v_i, i, i+1) - X[i])`` for ``j = b..e-1``;
-    3. the error at position ``j+1`` is the mean squared change ``mean((X'[j+1] - X[j+1])^2)``
-       divided by the noise variance at grid index ``j+1``;
-    4. the window slides past the longest prefix of positions ``b+1, b+2, ...`` whose error is
-       at most ``tolerance**2``: with ``s`` such positions the new start is
-       ``min(b + 1 + s, e)``. Position ``b+1`` is always exact (one true step from the exact
-       ``X[b]``), so the window advances at least one index per round and the method is exact
-       after at most ``N`` rounds; position ``b+s+1`` is as accurate as the accepted prefix it
-       was integrated from;
-    5. positions that newly enter the window (beyond the old ``e``) start from the window's
-       last new state ``X[e]``, the best available guess.
+    3. the error of position ``j`` (``b < j <= e``), for every sample ``s`` of the state, is the
+       mean squared change ``mean((X'[j][s] - X[j][s])^2)`` divided by ``noise_variance[j]``,
+       the variance of the step *out of* grid index ``j``;
+    4. a position is within tolerance when the error of *every* sample is at most
+       ``tolerance**2``; with ``a`` leading positions ``b+1, ..., b+a`` within tolerance the new
+       start is ``min(b + 1 + a, e)``. Position ``b+1`` is one true step from the exact ``X[b]``,
+       so the window advances at least one index per round and the method is exact after at
+       most ``N`` rounds; position ``b+a+1`` is as accurate as the accepted prefix it was
+       integrated from;
+    5. ``X`` takes the new window states, and positions that newly enter the window (beyond the
+       old ``e``) start from ``X[e]``, the best available guess.
 
     When the start reaches ``N`` the final state ``X[N]`` is the single output (core 1).
     With ``tolerance = 0`` a position is accepted only when it did not change at all, and the
     result equals sequential sampling up to floating-point rounding of the cumulative sum.
 
-    Error scale: the paper divides the squared change by the DDPM posterior variance of each
-    step, so the tolerance is relative to the noise the stochastic sampler would inject there.
-    Here the variance is read from the step function's ``noise_variance`` attribute (one value
-    per grid index ``0..N``): :class:`chords.steps.DDIMStep` gives the DDPM posterior variance
-    (the original scale), and for flow-matching grids :class:`chords.steps.EulerStep` gives
-    ``sigma^2`` floored at the smallest non-zero ``sigma^2``, so the final, noise-free state is
-    not judged on an infinitely strict scale. A step function without ``noise_variance`` uses
-    ``1.0`` everywhere (an absolute mean-squared tolerance).
+    Equal to diffusers' ``StableDiffusionParadigmsPipeline`` with ``DDIMParallelScheduler``
+    (eta = 0, deterministic) on the same grid, velocity and ``x0``: the same windows, hence the
+    same rounds (its loop iterations, one UNet call each) and evaluations, and the same output
+    (``tests/test_baselines.py`` runs that pipeline side by side). Its details, kept here:
 
-    ``num_cores`` is the window size (evaluations per round); ``tolerance`` is compared, squared,
-    with the scaled error (the paper's default is 0.1).
+    * the scale of position ``j`` is the DDPM posterior variance of the step from ``j`` to
+      ``j + 1`` (diffusers' ``scheduler._get_variance(timesteps[j])``), and 0 at ``j = N``;
+    * a variance of 0 is an infinite scale (diffusers multiplies by ``1 / 0``): such a position
+      is within tolerance only when it did not change at all. This is the last grid index, and
+      on DDIM grids whose final alpha-bar is 1 also ``N - 1`` (the posterior variance of the
+      step onto clean data is 0). The last position never moves the window (reaching it means
+      every earlier position was accepted, and the start becomes ``N`` either way);
+    * "samples" are the entries of the state's first dimension (the model's batch, one per
+      latent of a prompt, as ``S`` includes it); a state of at most one dimension is one sample.
+
+    * the cumulative drift of step 2 is summed in float64 (float32 for 16-bit states) and
+      rounded once per position to the state's dtype, as the pipeline's ``torch.cumsum`` does
+      on CPU (on CUDA, torch.cumsum sums float32 in float32, in a parallel order).
+
+    The one remaining difference: diffusers computes the error in the latents' dtype
+    (float32 for SD) and multiplies by a float32 inverse variance, while this class computes it
+    in float64, so a position whose error is within float32 rounding (about 1e-7 relative) of
+    ``tolerance**2`` may be decided differently. Diffusers' stochastic variant
+    (``DDPMParallelScheduler``, pre-sampled noise added to the cumulative drift) is not
+    implemented: this is the ODE form.
+
+    Error scale: read from the step function's ``noise_variance`` (one value ``>= 0`` per grid
+    index ``0..N``). :class:`chords.steps.DDIMStep` gives the posterior variance above (the
+    original scale). Flow-matching grids have no posterior variance; :class:`chords.steps.EulerStep`
+    gives ``sigma_j^2`` (the noise variance of the state at ``j``) floored at the smallest
+    non-zero ``sigma^2``, so the accepted RMS change per sample is ``tolerance * sigma_j``.
+    A step function without ``noise_variance`` uses ``1.0`` everywhere (an absolute
+    mean-squared tolerance).
+
+    ``num_cores`` is the window size (evaluations per round, diffusers' ``parallel``);
+    ``tolerance`` is diffusers' ``tolerance`` (default 0.1), compared squared with the error.
     """
 
     num_cores: int
@@ -81,9 +116,17 @@ class ParaDIGMS:
                 f"step.noise_variance has {len(var)} values; ParaDIGMS needs one per grid index, "
                 f"num_steps + 1 = {num_steps + 1}"
             )
-        if not bool((var > 0).all()):
-            raise ValueError("step.noise_variance must be positive at every grid index")
+        if not bool((var >= 0).all()):
+            raise ValueError("step.noise_variance must be >= 0 at every grid index (0 means: must not change)")
         return var.tolist()
+
+    @staticmethod
+    def _worst_change(new: Tensor, old: Tensor) -> float:
+        """The largest per-sample mean squared change (samples along the first dimension)."""
+        sq = (new.double() - old.double()).pow(2)
+        if sq.ndim <= 1:
+            return sq.mean().item()
+        return sq.flatten(1).mean(1).max().item()
 
     def solve(self, x0: Tensor, step: Step, num_steps: int, emit: Emit) -> Generator[Request, Tensor, None]:
         n, k = num_steps, self.num_cores
@@ -95,20 +138,24 @@ class ParaDIGMS:
             e = min(b + k, n)
             v = yield buf[b:e], list(range(b, e))
             anchor = buf[b]
+            acc = _accumulation_dtype(anchor.dtype)
             drift: Tensor | None = None
             new: list[Tensor] = []
             for offset, i in enumerate(range(b, e)):
-                d = step(buf[i], v[offset], i, i + 1) - buf[i]
+                d = (step(buf[i], v[offset], i, i + 1) - buf[i]).to(acc)
                 drift = d if drift is None else drift + d
-                new.append(anchor + drift)
-            # leading positions b+1, b+2, ... whose scaled squared change is within tolerance
+                new.append(anchor + drift.to(anchor.dtype))
+            # leading positions b+1, b+2, ... whose every sample is within tolerance
             accepted = 0
             for offset, j in enumerate(range(b + 1, e + 1)):
-                change = (new[offset].double() - buf[j].double()).pow(2).mean().item()
-                if change / variance[j] <= tol2:
-                    accepted += 1
-                else:
+                change = self._worst_change(new[offset], buf[j])
+                if variance[j] > 0:
+                    error = change / variance[j]
+                else:  # infinite scale: only "no change" is within tolerance
+                    error = math.inf if change > 0 else 0.0
+                if error > tol2:
                     break
+                accepted += 1
             buf[b + 1 : e + 1] = new
             b = min(b + 1 + accepted, e)
             new_end = min(b + k, n)

@@ -5,6 +5,13 @@
    side by side with a velocity that sleeps 100 ms (a stand-in for a GPU forward).
 2. A table on a nonlinear ODE for K = 2, 4, 6, 8: rounds, nfe, speedup (N / rounds at the
    output) and RMSE against sequential, for CHORDS (paper presets and auto), ParaDIGMS and SRDS.
+3. SRDS, N = 50 (B = 7 blocks), K = 1 .. 8: the round at which each Parareal iteration's output
+   arrives (a run whose tolerance stops after iteration p takes the rounds of column p).
+   The schedule does not depend on the velocity, only on N, B and K.
+4. ParaDIGMS side by side with diffusers' StableDiffusionParadigmsPipeline
+   (DDIMParallelScheduler) on a tiny random UNet: rounds, nfe, max |diff| of the output.
+
+`--section` runs one of them; `--threads 1` keeps the tiny UNet fast on a busy CPU.
 """
 from __future__ import annotations
 
@@ -93,15 +100,57 @@ def nonlinear_table(n: int = 50, dim: int = 256) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def srds_rounds_table(n: int = 50, cores: range = range(1, 9)) -> pd.DataFrame:
+    sig = torch.linspace(1, 0, n + 1, dtype=torch.float64)
+    x0 = torch.randn(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def velocity(xs, steps):  # the schedule is independent of the values; any velocity will do
+        return xs**3 + torch.sin(3 * sig[steps]).reshape(-1, 1)
+
+    rows = []
+    for k in cores:
+        res = sample(SRDS(k, tolerance=0.0), velocity, x0, EulerStep(sig), n)
+        row = {"K": k}
+        row.update({f"iter {h.core}": h.round for h in res.hits})
+        row["nfe (all iterations)"] = res.nfe
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paradigms_vs_diffusers() -> pd.DataFrame:
+    from tests.sd_paradigms import side_by_side
+
+    rows = []
+    for n, k, tol, pred in [(25, 4, 0.1, "epsilon"), (25, 8, 0.1, "epsilon"), (25, 8, 0.3, "epsilon"),
+                            (50, 4, 0.5, "epsilon"), (50, 6, 0.05, "epsilon"), (50, 8, 0.1, "epsilon"),
+                            (50, 16, 1.0, "epsilon"), (30, 6, 0.1, "v_prediction"), (20, 3, 0.0, "epsilon")]:
+        run = side_by_side(n, k, tol, pred)
+        rows.append({"N": n, "K": k, "tolerance": tol, "prediction": pred,
+                     "diffusers rounds": run.ref_rounds, "ours rounds": run.ours.rounds,
+                     "diffusers nfe": run.ref_nfe, "ours nfe": run.ours.nfe,
+                     "max |diff|": run.max_diff, "max |output|": run.ref.abs().max().item()})
+    return pd.DataFrame(rows)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--section", choices=["all", "overhead", "ode", "srds", "paradigms"], default="all")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print("\n## Algorithm overhead, CHORDS K=8, N=50, latent 1x16x128x128 float32\n")
-    for key, val in overhead().items():
-        print(f"- {key}: {val:.3f}" if isinstance(val, float) else f"- {key}: {val}")
-    print("\n## Nonlinear ODE dx/dt = -x^3 + sin(3t + w), dim 256, N=50 (float64)\n")
-    print(nonlinear_table().to_markdown(index=False, floatfmt=".3g"))
+    if args.section in ("all", "overhead"):
+        print("\n## Algorithm overhead, CHORDS K=8, N=50, latent 1x16x128x128 float32\n")
+        for key, val in overhead().items():
+            print(f"- {key}: {val:.3f}" if isinstance(val, float) else f"- {key}: {val}")
+    if args.section in ("all", "ode"):
+        print("\n## Nonlinear ODE dx/dt = -x^3 + sin(3t + w), dim 256, N=50 (float64)\n")
+        print(nonlinear_table().to_markdown(index=False, floatfmt=".3g"))
+    if args.section in ("all", "srds"):
+        print("\n## SRDS, N=50, B=7: round at which each iteration's output arrives\n")
+        print(srds_rounds_table().to_markdown(index=False))
+    if args.section in ("all", "paradigms"):
+        print("\n## ParaDIGMS vs diffusers' StableDiffusionParadigmsPipeline (DDIMParallelScheduler, eta=0),")
+        print("## tiny random UNet, 2 latents, guidance 3, float32\n")
+        print(paradigms_vs_diffusers().to_markdown(index=False, floatfmt=".3g"))

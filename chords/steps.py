@@ -66,7 +66,9 @@ class EulerStep:
 
     @property
     def noise_variance(self) -> Tensor:
-        """sigma^2 per grid index, floored (default floor: the smallest non-zero sigma^2)."""
+        """ParaDIGMS' scale at grid index ``j`` on a flow-matching grid (which has no posterior
+        variance): ``sigma_j^2``, the noise variance of the state at ``j``, floored (default floor:
+        the smallest non-zero sigma^2, so data at sigma = 0 is not judged on an infinite scale)."""
         var = self.sigmas.double() ** 2
         floor = self.noise_floor
         if not floor:
@@ -131,11 +133,12 @@ class DDIMStep:
 
     @property
     def noise_variance(self) -> Tensor:
-        """DDPM posterior variance of each grid transition (ParaDIGMS' original scale), floored."""
+        """ParaDIGMS' scale at grid index ``j``: the DDPM posterior variance of the step *out of*
+        ``j`` (to ``j + 1``), as diffusers' ``DDIMParallelScheduler._get_variance(timesteps[j])``;
+        0 at ``num_steps`` (data), and 0 at ``num_steps - 1`` when the final alpha-bar is 1.
+        ParaDIGMS reads 0 as an infinite scale (the position must not change)."""
         a = self._alpha_grid  # increases from noise (index 0) to data (index num_steps)
-        var = torch.ones_like(a)
-        # reaching index j from j - 1: (1 - a_j) / (1 - a_{j-1}) * (1 - a_{j-1} / a_j)
-        var[1:] = (1 - a[1:]) / (1 - a[:-1]).clamp_min(1e-12) * (1 - a[:-1] / a[1:])
-        var[0] = var[1]
-        pos = var[var > 0]
-        return var.clamp_min(float(pos.min()) if len(pos) else 1.0)
+        var = torch.zeros_like(a)
+        # leaving index j for j + 1: (1 - a_{j+1}) / (1 - a_j) * (1 - a_j / a_{j+1})
+        var[:-1] = (1 - a[1:]) / (1 - a[:-1]) * (1 - a[:-1] / a[1:])
+        return var

@@ -31,6 +31,7 @@ class Oracle:
     grid: Tensor  # one value per grid index 0..N (sigma, or alpha-bar for DDIM)
     num_cores: int = 10**9
     batches: list[int] = field(default_factory=list)
+    per_state: bool = False  # evaluate each state alone: values independent of the batch, bitwise
 
     def __call__(self, xs: Tensor, steps: Tensor) -> Tensor:
         assert steps.dtype == torch.long and steps.shape == (xs.shape[0],)
@@ -38,6 +39,8 @@ class Oracle:
         assert int(steps.min()) >= 0 and int(steps.max()) < len(self.grid) - 1
         self.batches.append(xs.shape[0])
         g = self.grid[steps].to(xs.dtype).reshape(-1, *([1] * (xs.ndim - 1)))
+        if self.per_state:
+            return torch.cat([self.f(x[None], gi[None]) for x, gi in zip(xs, g)])
         return self.f(xs, g)
 
 
@@ -52,11 +55,11 @@ class Problem:
     def num_steps(self) -> int:
         return len(self.grid) - 1
 
-    def oracle(self, num_cores: int = 10**9) -> Oracle:
-        return Oracle(self.f, self.grid, num_cores)
+    def oracle(self, num_cores: int = 10**9, per_state: bool = False) -> Oracle:
+        return Oracle(self.f, self.grid, num_cores, per_state=per_state)
 
-    def run(self, algorithm, **kw) -> tuple[SampleResult, Oracle]:
-        oracle = self.oracle(algorithm.num_cores)
+    def run(self, algorithm, per_state: bool = False, **kw) -> tuple[SampleResult, Oracle]:
+        oracle = self.oracle(algorithm.num_cores, per_state)
         return sample(algorithm, oracle, self.x0, self.step, self.num_steps, **kw), oracle
 
     def sequential(self) -> Tensor:
@@ -190,6 +193,89 @@ def test_ddim_grid_paradigms():
     assert loose.rounds <= exact.rounds and rmse(loose.output, ref) < 0.05
 
 
+def test_paradigms_judges_every_sample():
+    # a state of two samples, one of which never moves: the window must slide exactly as for
+    # the moving sample alone (the worst sample decides; a mean would halve its error)
+    prob = nonlinear_ode(50)
+    x0 = prob.x0[None]  # one sample of 16 values
+    moving = Problem(prob.f, prob.grid, prob.step, x0)
+    pair_f = lambda x, s: torch.cat([prob.f(x[:, :1], s), torch.zeros_like(x[:, 1:])], dim=1)  # noqa: E731
+    pair = Problem(pair_f, prob.grid, prob.step, torch.cat([x0, torch.zeros_like(x0)]))
+    for tol in (1e-3, 1e-2, 5e-2, 0.2):
+        alone, _ = moving.run(ParaDIGMS(6, tol))
+        both, _ = pair.run(ParaDIGMS(6, tol))
+        assert (both.rounds, both.nfe) == (alone.rounds, alone.nfe), tol
+        assert torch.equal(both.output[:1], alone.output) and not both.output[1:].any()
+
+
+def test_paradigms_zero_variance_means_no_change():
+    # noise_variance 0 is an infinite scale (diffusers multiplies by 1 / 0): such positions are
+    # accepted only unchanged, so a zero table behaves as tolerance 0
+    prob = gaussian_flow(30)
+
+    class Exact:
+        noise_variance = torch.zeros(31, dtype=F64)
+
+        def __call__(self, x, v, i, j):
+            return prob.step(x, v, i, j)
+
+    strict = sample(ParaDIGMS(5, 0.3), prob.oracle(5), prob.x0, Exact(), 30)
+    exact, _ = prob.run(ParaDIGMS(5, 0.0))
+    assert (strict.rounds, strict.nfe) == (exact.rounds, exact.nfe) and torch.equal(strict.output, exact.output)
+    Exact.noise_variance = -Exact.noise_variance - 1
+    with pytest.raises(ValueError, match=">= 0"):
+        sample(ParaDIGMS(5, 0.3), prob.oracle(5), prob.x0, Exact(), 30)
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+@pytest.mark.parametrize("n", [10, 25, 50])
+def test_ddim_noise_variance_is_the_variance_of_the_step_out_of_each_index(n, set_alpha_to_one):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMParallelScheduler(set_alpha_to_one=set_alpha_to_one, steps_offset=1, beta_schedule="scaled_linear",
+                                            beta_start=0.00085, beta_end=0.012)
+    sched.set_timesteps(n)
+    step = DDIMStep(sched.alphas_cumprod, sched.timesteps, final_alpha_cumprod=float(sched.final_alpha_cumprod))
+    ours = step.noise_variance
+    ref = torch.stack([sched._get_variance(int(t)) for t in sched.timesteps]).double()
+    assert ours.shape == (n + 1,) and ours[n] == 0  # data: the pipeline appends 0
+    # diffusers computes it in float32 from the same float32 alpha-bars: (1 - a_j / a_{j+1}) loses
+    # up to ~2 float32 ulps of 1 to cancellation, times (1 - a_{j+1}) / (1 - a_j) <= 1
+    torch.testing.assert_close(ours[:n], ref, rtol=1e-5, atol=4 * torch.finfo(torch.float32).eps)
+    assert (ours[n - 1] == 0) == set_alpha_to_one  # onto alpha-bar 1: no posterior variance
+
+
+# --------------------------------------------------------------------------- against diffusers' pipeline
+
+
+@pytest.fixture
+def one_thread():
+    # the tiny UNet is fast on one thread and crawls when threads oversubscribe the CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "n,k,tol,pred",
+    [(25, 4, 0.1, "epsilon"), (25, 8, 0.3, "epsilon"), (20, 3, 0.0, "epsilon"), (30, 6, 0.1, "v_prediction"),
+     (12, 16, 1.0, "epsilon")],
+)
+def test_paradigms_equals_diffusers_pipeline(n, k, tol, pred, one_thread):
+    """Same rounds, evaluations and output as StableDiffusionParadigmsPipeline(DDIMParallelScheduler)
+    on a tiny random UNet with classifier-free guidance and two latents."""
+    pytest.importorskip("diffusers")
+    from tests.sd_paradigms import side_by_side
+
+    run = side_by_side(n, k, tol, pred)
+    assert (run.ours.rounds, run.ours.nfe) == (run.ref_rounds, run.ref_nfe)
+    # Same windows, same UNet batches, same float32 step and cumulative-sum arithmetic: the
+    # outputs are equal bitwise here. The bound leaves room for float32 rounding of a
+    # differently ordered step (a few ulps of the output's magnitude per step).
+    scale = run.ref.abs().max().item()
+    assert run.max_diff <= n * 8 * torch.finfo(torch.float32).eps * scale, run.max_diff
+
+
 # --------------------------------------------------------------------------- speed and accuracy
 
 
@@ -250,12 +336,15 @@ def test_srds_coarse_sweep_first():
 
 
 def parareal_reference(prob: Problem, blocks: int, iters: int) -> list[Tensor]:
-    """Plain (unpipelined) Parareal, written out directly: the final state of each iteration."""
+    """Plain (unpipelined) Parareal, written out directly: the final state of each iteration.
+
+    Slow and obviously right; it evaluates one state per call, as ``Oracle(per_state=True)``
+    does, so SRDS (whatever its schedule) must equal it bitwise."""
     n = prob.num_steps
     t = block_bounds(n, blocks)
 
     def v(x: Tensor, i: int) -> Tensor:
-        return prob.f(x[None], prob.grid[i].reshape(1, *([1] * x.ndim)))[0]
+        return prob.oracle(per_state=True)(x[None], torch.tensor([i]))[0]
 
     def coarse(x: Tensor, m: int) -> Tensor:
         return prob.step(x, v(x, t[m]), t[m], t[m + 1])
@@ -281,13 +370,49 @@ def parareal_reference(prob: Problem, blocks: int, iters: int) -> list[Tensor]:
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 @pytest.mark.parametrize("k,n,blocks", [(1, 20, 4), (3, 23, 5), (8, 50, None), (64, 31, 6)])
 def test_srds_iterates_match_plain_parareal(name, k, n, blocks):
+    # the schedule decides when iterates appear, never their values: bitwise equal
     prob = PROBLEMS[name](n)
     alg = SRDS(k, num_blocks=blocks, tolerance=0.0)
-    res, _ = prob.run(alg)
+    res, _ = prob.run(alg, per_state=True)
     ref = parareal_reference(prob, alg.blocks(n), alg.iterations(n))
     assert len(res.hits) == len(ref)
     for hit, x in zip(res.hits, ref):
-        assert max_err(hit.x, x) <= 1e-12, hit.core
+        assert torch.equal(hit.x, x), hit.core
+
+
+# Rounds at which iteration 2's output arrives on N = 50 (B = 7), i.e. the rounds of a run whose
+# tolerance stops after iteration 2. Before the critical-path-first schedule: 121, 59, 39, 30, 22, 20.
+SRDS_N50_ITER2_MAX_ROUNDS = {1: 97, 2: 49, 3: 35, 4: 28, 6: 21, 8: 20}
+
+
+@pytest.mark.parametrize("k", sorted(SRDS_N50_ITER2_MAX_ROUNDS))
+def test_srds_critical_path_first(k):
+    prob = nonlinear_ode(50)
+    ref = parareal_reference(prob, 7, 2)
+    d1, d2 = rmse(ref[1], ref[0]), rmse(ref[2], ref[1])
+    assert d2 < d1
+    res, oracle = prob.run(SRDS(k, tolerance=math.sqrt(d1 * d2)), per_state=True)  # stops after iteration 2
+    assert [h.core for h in res.hits] == [0, 1, 2]
+    assert res.rounds == res.hits[-1].round <= SRDS_N50_ITER2_MAX_ROUNDS[k]
+    assert max(oracle.batches) <= k
+    for hit, x in zip(res.hits, ref):
+        assert torch.equal(hit.x, x), hit.core
+
+
+@pytest.mark.parametrize("n,blocks", [(50, None), (23, 5), (16, 16)])
+def test_srds_later_iterations_never_delay_earlier_ones(n, blocks):
+    # work serving iteration p + 1 only fills cores that iteration p leaves idle: iteration p's
+    # output arrives at the same round whatever iterations follow it, and with one core no
+    # evaluation is spent on a later iteration before it (rounds = the work it needs)
+    prob = gaussian_flow(n)
+    nb = SRDS(1, num_blocks=blocks).blocks(n)
+    for k in range(1, 9):
+        full, _ = prob.run(SRDS(k, num_blocks=blocks, tolerance=0.0))
+        for p in range(nb + 1):
+            capped, _ = prob.run(SRDS(k, num_blocks=blocks, tolerance=0.0, max_iters=max(p, 1)))
+            assert capped.hits[p].round == full.hits[p].round, (k, p)
+            if k == 1:
+                assert full.hits[p].round == srds_eval_bound(n, nb, p), p
 
 
 @pytest.mark.parametrize("k", [3, 50, 200])
