@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 import chords
-from chords.backends import LocalBackend, ProcessBackend
+from chords.backends import LocalBackend, ProcessBackend, thread_setting
 from chords.config import RunSpec, validate
 from chords.core import Hit, Sequential, sample
 from chords.models.base import Adapter, Encoded
@@ -194,7 +194,8 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
 
     t_load = time.perf_counter()
     adapter = spec.adapter_cls(cfg.model, _device(cfg), "full")
-    with make_backend(cfg, spec, adapter) as backend:
+    threads = thread_setting(int(cfg.hardware.get("threads_per_process", 1)), str(cfg.hardware.get("device", "cpu")))
+    with threads, make_backend(cfg, spec, adapter) as backend:  # every rank computes with the same threads
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
         ref_backend = LocalBackend(adapter, "loop")
         hardware = str(cfg.hardware.name)

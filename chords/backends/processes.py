@@ -7,11 +7,17 @@ workers that hold only the denoiser (``role="denoiser"``).
 Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in order):
 
 * start-up: worker r loads its adapter and sends ``[r]`` (``[-1]`` if loading failed).
-* ``COND`` (once per prompt): header ``[COND, 0]`` then ``send_object_list([cond, shape,
+* ``COND`` (once per prompt): header ``[COND, 0, 0, 0]`` then ``send_object_list([cond, shape,
   dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
-* ``EVAL`` (per round, only to ranks 1..B-1): header ``[EVAL, grid index]``, then the state;
-  the worker answers with the velocity. Nothing else crosses per round.
-* ``STOP``: header ``[STOP, 0]``; the worker leaves its loop and exits.
+* ``EVAL`` (per round, only to ranks 1..B-1): header ``[EVAL, grid index, state dtype, reply
+  dtype]`` (dtypes as indices into ``WIRE_DTYPES``), then the state; the worker answers with the
+  velocity in the reply dtype. Nothing else crosses per round. The state dtype travels every
+  round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
+  Wan start from float32 noise and step to bf16, and a round mixing both is stacked in float32,
+  which is exact). The reply dtype is what rank 0's own adapter returns for such a state (it
+  evaluates item 0 first the one time it does not know it yet), so every rank's velocity crosses
+  back unchanged, dtype included (CogVideoX returns float32 velocities for bf16 states).
+* ``STOP``: header ``[STOP, 0, 0, 0]``; the worker leaves its loop and exits.
 
 Rank 0 waits on every reply with a timeout; a worker that died or stopped answering raises
 :class:`WorkerError` naming its rank, and :meth:`close` leaves no process behind. The same
@@ -38,6 +44,8 @@ Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
 STOP, EVAL, COND = 0, 1, 2
+#: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
+WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
 
 
@@ -83,9 +91,10 @@ def _worker_main(
     if not ok:
         sys.exit(1)
 
-    header = torch.zeros(2, dtype=torch.long, device=comm)
+    header = torch.zeros(4, dtype=torch.long, device=comm)
     cond: Mapping[str, Tensor] = {}
-    x = None
+    shape: tuple[int, ...] | None = None
+    buffers: dict[torch.dtype, Tensor] = {}  # one receive buffer per state dtype
     with torch.no_grad():
         while True:
             dist.recv(header, 0)
@@ -96,12 +105,16 @@ def _worker_main(
                 msg: list[Any] = [None, None, None]
                 dist.recv_object_list(msg, 0, device=comm)
                 cond = {k: v.to(device) for k, v in msg[0].items()}
-                x = torch.empty(msg[1], dtype=getattr(torch, msg[2]), device=comm)
+                shape, buffers = tuple(msg[1]), {}
                 continue
-            assert x is not None, "EVAL before COND"
+            assert shape is not None, "EVAL before COND"
+            state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
+            x = buffers.get(state_dtype)
+            if x is None:
+                x = buffers[state_dtype] = torch.empty(shape, dtype=state_dtype, device=comm)
             dist.recv(x, 0)
             v = adapter.velocity(x[None].to(device), torch.tensor([idx], device=device), cond)[0]
-            dist.send(v.to(comm, x.dtype).contiguous(), 0)
+            dist.send(v.to(comm, reply_dtype).contiguous(), 0)
     dist.destroy_process_group()
 
 
@@ -132,6 +145,7 @@ class ProcessBackend:
         self.cond: Mapping[str, Tensor] = {}
         self.procs: list[mp.Process] = []
         self._shape: tuple[int, ...] | None = None
+        self._reply_dtype: dict[torch.dtype, torch.dtype] = {}  # velocity dtype per state dtype, this prompt
         self._closed = False
         if world_size == 1:
             return
@@ -172,13 +186,14 @@ class ProcessBackend:
         if ok is False:
             raise WorkerError(f"worker rank {rank} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
 
-    def _send_header(self, rank: int, cmd: int, idx: int = 0):
-        return dist.isend(torch.tensor([cmd, idx], dtype=torch.long, device=self.comm), rank)
+    def _send_header(self, rank: int, cmd: int, idx: int = 0, state_code: int = 0, reply_code: int = 0):
+        return dist.isend(torch.tensor([cmd, idx, state_code, reply_code], dtype=torch.long, device=self.comm), rank)
 
     # ---------------------------------------------------------------- protocol
     def set_condition(self, cond: Mapping[str, Tensor]) -> None:
         self.cond = cond
         self._shape = None
+        self._reply_dtype = {}
         if self.world_size == 1:
             return
         self._cond_cpu = {k: v.detach().cpu() for k, v in cond.items()}
@@ -192,6 +207,7 @@ class ProcessBackend:
             except Exception as e:
                 raise WorkerError(f"worker rank {rank} did not take the conditioning ({self._describe(rank)}): {e}") from None
         self._shape = shape
+        self._reply_dtype = {}
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor) -> Tensor:
@@ -200,14 +216,21 @@ class ProcessBackend:
             raise ValueError(f"{b} evaluations in one round but only {self.world_size} process(es)")
         if b > 1 and self._shape != tuple(xs.shape[1:]):
             self._broadcast_condition(xs[0])
+        v0 = None
+        reply = self._reply_dtype.get(xs.dtype)
+        if b > 1 and reply is None:  # learn the velocity's dtype for this state dtype (once per prompt)
+            v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
+            reply = self._reply_dtype[xs.dtype] = v0.dtype
         sends, recvs, outs = [], [], []
         for i in range(1, b):
-            sends.append((i, self._send_header(i, EVAL, int(steps[i]))))
+            codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
+            sends.append((i, self._send_header(i, EVAL, int(steps[i]), *codes)))
             sends.append((i, dist.isend(xs[i].to(self.comm).contiguous(), i)))
-            out = torch.empty(xs.shape[1:], dtype=xs.dtype, device=self.comm)
+            out = torch.empty(xs.shape[1:], dtype=reply, device=self.comm)
             recvs.append((i, dist.irecv(out, i)))
             outs.append(out)
-        v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
+        if v0 is None:
+            v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
         for rank, work in sends + recvs:
             self._wait(work, rank)
         if not outs:

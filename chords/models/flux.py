@@ -132,7 +132,7 @@ class FluxAdapter(DiffusersAdapter):
         grid = sched.sigmas.detach().cpu().clone()
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "mu": float(mu),
                 "height": height, "width": width, "true_cfg": "true_cfg_scale" in cond}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=num_steps, meta=meta)
+        return Encoded(x0=latents, cond=cond, step=EulerStep(grid, precision=self.step_precision), num_steps=num_steps, meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:

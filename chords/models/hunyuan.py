@@ -1,9 +1,12 @@
 """HunyuanVideo as a CHORDS adapter, on ``diffusers.HunyuanVideoPipeline``'s sub-steps.
 
-* State: latents ``[n, C, f, h, w]`` in float32 (the pipeline prepares them in float32 and feeds
-  the transformer a copy cast to its dtype). Our states stay float32 between steps; the
-  pipeline's ``scheduler.step`` rounds them to the transformer dtype after each step, so in
-  bfloat16 the two differ by that rounding (identical in float32).
+* State: latents ``[n, C, f, h, w]``. The initial noise is float32 (the pipeline prepares it in
+  float32 and feeds the transformer a copy cast to its dtype); with ``step_precision: model``
+  (the default) each step returns the transformer's output dtype, as the pipeline's
+  ``scheduler.step`` does, so states are bf16 after the first step and sequential sampling
+  equals the pipeline bit for bit. The timestep is rounded to each state's dtype as the
+  pipeline rounds it (:meth:`HunyuanAdapter.timestep_as_pipeline`). With
+  ``step_precision: float32`` states stay float32 between steps.
 * Grid: ``sigmas = linspace(1, 0, N + 1)[:-1]`` through ``retrieve_timesteps`` with the
   checkpoint's flow shift; Euler on ``scheduler.sigmas`` (trailing 0 included).
 * Velocity: the guidance embedding ``guidance_scale * 1000`` (in the transformer dtype), per
@@ -135,14 +138,14 @@ class HunyuanAdapter(DiffusersAdapter):
         grid = pipe.scheduler.sigmas.detach().cpu().clone()
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "num_frames": num_frames, "fps": int(cfg_get(cfg, "fps")), "true_cfg": "true_cfg_scale" in cond}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=num_steps, meta=meta)
+        return Encoded(x0=latents, cond=cond, step=EulerStep(grid, precision=self.step_precision), num_steps=num_steps, meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
         c = self.to_device(cond)
         x, b, n = self.flatten_states(xs.to(self.device))
         tdtype = self.transformer.dtype
-        timestep = self.per_state(c["timesteps"], steps, n).to(x.dtype)
+        timestep = self.timestep_as_pipeline(c["timesteps"], steps, n, x.dtype)
         rows = b * n
         guidance = torch.tensor([float(c["guidance_scale"])] * rows, dtype=tdtype, device=self.device) * 1000.0
         model_in = x.to(tdtype)
@@ -166,6 +169,22 @@ class HunyuanAdapter(DiffusersAdapter):
                 )
                 out = neg + float(c["true_cfg_scale"]) * (out - neg)
         return out.reshape(xs.shape).to(xs.device)
+
+    def timestep_as_pipeline(self, table: Tensor, steps: Tensor, n: int, state_dtype: torch.dtype) -> Tensor:
+        """Each state's timestep rounded as the pipeline rounds it: to its latents' dtype.
+
+        The pipeline casts the timestep to the latents' dtype, which is float32 for the initial
+        noise and, with ``step_precision: model``, the transformer's output dtype after the first
+        step. States of one round are stacked in one tensor (float32 when the noise is among bf16
+        states), so the rounding follows each state's grid index, not the stack's dtype. The
+        transformer reads timesteps as ``t.float()``, so a float32 tensor of bf16-rounded values
+        gives the same embedding as the pipeline's bf16 tensor.
+        """
+        t = self.per_state(table, steps, n)
+        if self.step_precision != "model":
+            return t.to(state_dtype)  # states keep the noise's dtype
+        stepped = (steps > 0).to(t.device).repeat_interleave(n)
+        return torch.where(stepped, t.to(self.transformer.dtype).to(t.dtype), t)
 
     def _forward(self, x, timestep, guidance, pe, mask, pooled) -> Tensor:
         return self.transformer(

@@ -1,7 +1,10 @@
 """Wan2.1 text-to-video (14B, 1.3B) as a CHORDS adapter, on ``diffusers.WanPipeline``'s sub-steps.
 
-* State: latents ``[n, 16, f, h, w]`` in float32 (the pipeline prepares them in float32 and
-  feeds the transformer a copy cast to its dtype); our states stay float32 between steps.
+* State: latents ``[n, 16, f, h, w]``. The initial noise is float32 (the pipeline prepares it in
+  float32 and feeds the transformer a copy cast to its dtype); with ``step_precision: model``
+  (the default) each step returns the transformer's output dtype, as the pipeline's
+  ``scheduler.step`` does, so states are bf16 after the first step. With
+  ``step_precision: float32`` states stay float32 between steps.
 * Grid: ``scheduler.set_timesteps(N)`` exactly as the pipeline calls it, then Euler on
   ``scheduler.sigmas`` (trailing 0 included) with the transformer fed ``scheduler.timesteps``.
   The Diffusers checkpoints ship ``UniPCMultistepScheduler`` (flow sigmas with the checkpoint's
@@ -147,7 +150,7 @@ class WanAdapter(DiffusersAdapter):
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "num_frames": num_frames, "fps": int(cfg_get(cfg, "fps")), "cfg": do_cfg,
                 "scheduler": type(pipe.scheduler).__name__}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=len(timesteps), meta=meta)
+        return Encoded(x0=latents, cond=cond, step=EulerStep(grid, precision=self.step_precision), num_steps=len(timesteps), meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
