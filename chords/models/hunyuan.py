@@ -11,7 +11,8 @@
   checkpoint's flow shift; Euler on ``scheduler.sigmas`` (trailing 0 included).
 * Velocity: the guidance embedding ``guidance_scale * 1000`` (in the transformer dtype), per
   sample timesteps; with ``true_cfg_scale > 1`` and a ``negative_prompt``, true CFG
-  ``neg + s * (pos - neg)`` with both branches (and their attention masks) in one call.
+  ``neg + s * (pos - neg)`` with the negative branch in a second call, as the pipeline makes it
+  (one batched call would sum in another order and lose bitwise equality with the pipeline).
 * ``prompt_template``: null uses the pipeline's default Llama template; a tiny text encoder
   needs ``{"template": "{}", "crop_start": 0}``.
 """
@@ -150,24 +151,13 @@ class HunyuanAdapter(DiffusersAdapter):
         guidance = torch.tensor([float(c["guidance_scale"])] * rows, dtype=tdtype, device=self.device) * 1000.0
         model_in = x.to(tdtype)
         pe, pooled, mask = (self.repeat(c[k], b) for k in ("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"))
-        true_cfg = "true_cfg_scale" in c
-        if true_cfg and c["negative_prompt_embeds"].shape == c["prompt_embeds"].shape:
-            out = self._forward(
-                torch.cat([model_in, model_in]), torch.cat([timestep, timestep]), torch.cat([guidance, guidance]),
-                torch.cat([pe, self.repeat(c["negative_prompt_embeds"], b)]),
-                torch.cat([mask, self.repeat(c["negative_prompt_attention_mask"], b)]),
-                torch.cat([pooled, self.repeat(c["negative_pooled_prompt_embeds"], b)]),
+        out = self._forward(model_in, timestep, guidance, pe, mask, pooled)
+        if "true_cfg_scale" in c:  # the negative branch: a second call, as the pipeline
+            neg = self._forward(
+                model_in, timestep, guidance, self.repeat(c["negative_prompt_embeds"], b),
+                self.repeat(c["negative_prompt_attention_mask"], b), self.repeat(c["negative_pooled_prompt_embeds"], b),
             )
-            pos, neg = out.chunk(2)
-            out = neg + float(c["true_cfg_scale"]) * (pos - neg)
-        else:
-            out = self._forward(model_in, timestep, guidance, pe, mask, pooled)
-            if true_cfg:
-                neg = self._forward(
-                    model_in, timestep, guidance, self.repeat(c["negative_prompt_embeds"], b),
-                    self.repeat(c["negative_prompt_attention_mask"], b), self.repeat(c["negative_pooled_prompt_embeds"], b),
-                )
-                out = neg + float(c["true_cfg_scale"]) * (out - neg)
+            out = neg + float(c["true_cfg_scale"]) * (out - neg)
         return out.reshape(xs.shape).to(xs.device)
 
     def timestep_as_pipeline(self, table: Tensor, steps: Tensor, n: int, state_dtype: torch.dtype) -> Tensor:
