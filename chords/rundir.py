@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 SLUG_LEN = 48
 #: model settings that change the sample, hashed into the folder key
-SAMPLE_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "num_frames", "shift", "true_cfg_scale", "negative_prompt", "use_dynamic_cfg", "dtype")
+SAMPLE_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "num_frames", "shift", "true_cfg_scale", "negative_prompt", "use_dynamic_cfg", "dtype", "step_precision")
 
 
 def prompt_slug(prompt: str) -> str:

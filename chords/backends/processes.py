@@ -119,7 +119,11 @@ def _worker_main(
 
 
 class ProcessBackend:
-    """Rank 0 (this process) plus ``world_size - 1`` spawned worker ranks."""
+    """Rank 0 (this process) plus ``world_size - 1`` spawned worker ranks.
+
+    Workers run with ``threads_per_process`` intra-op threads; run rank 0 with the same setting
+    (the runner does, :func:`chords.backends.thread_setting`) and every rank computes the same bits.
+    """
 
     def __init__(
         self,
