@@ -257,6 +257,23 @@ def test_backends_change_no_number(members, procs, family, dtype):
     assert torch.equal(res.hits[-1].x, members.reference(k))
 
 
+def test_process_backend_corrects_a_wrong_reply_dtype_guess(members, procs):
+    """A backend that has seen only bf16 velocities guesses bf16 for CogVideoX's float32 ones:
+    rank 0's own item shows the guess wrong, and the round is asked again in float32."""
+    k = members.index("cogvideo", "bfloat16")
+    enc = members.encoded(k)
+    procs.set_condition(enc.cond)
+    procs._reply_dtype.clear()
+    procs._last_reply = BF16  # as after a prompt of a bf16 model
+    xs, steps = torch.stack([enc.x0, 0.5 * enc.x0]), torch.tensor([0, 4])
+    v = procs.velocity(xs, steps)
+    loop = LocalBackend(members.multi, "loop")
+    loop.set_condition(enc.cond)
+    expect = loop.velocity(xs, steps)
+    assert v.dtype == expect.dtype == F32 and torch.equal(v, expect)
+    assert procs._reply_dtype[BF16] == F32
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_step_precision_float32_option(members, family):
     """``step_precision: float32`` in a bf16 model: the former arithmetic, states keep the noise's dtype."""

@@ -14,9 +14,12 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
   velocity in the reply dtype. Nothing else crosses per round. The state dtype travels every
   round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
   Wan start from float32 noise and step to bf16, and a round mixing both is stacked in float32,
-  which is exact). The reply dtype is what rank 0's own adapter returns for such a state (it
-  evaluates item 0 first the one time it does not know it yet), so every rank's velocity crosses
-  back unchanged, dtype included (CogVideoX returns float32 velocities for bf16 states).
+  which is exact). The reply dtype is what rank 0's own adapter returns for such a state, so
+  every rank's velocity crosses back unchanged, dtype included (CogVideoX returns float32
+  velocities for bf16 states). Rank 0 learns it from its own item 0 of every round; for a
+  state dtype it has not evaluated yet it guesses (the last velocity's dtype) and, if item 0
+  shows the guess wrong, asks the workers again: never a changed number, at most one extra
+  round, and no extra wait otherwise.
 * ``STOP``: header ``[STOP, 0, 0, 0]``; the worker leaves its loop and exits.
 
 Rank 0 waits on every reply with a timeout; a worker that died or stopped answering raises
@@ -149,7 +152,9 @@ class ProcessBackend:
         self.cond: Mapping[str, Tensor] = {}
         self.procs: list[mp.Process] = []
         self._shape: tuple[int, ...] | None = None
-        self._reply_dtype: dict[torch.dtype, torch.dtype] = {}  # velocity dtype per state dtype, this prompt
+        # the velocity's dtype per state dtype, as rank 0's adapter returned it (checked every round)
+        self._reply_dtype: dict[torch.dtype, torch.dtype] = {}
+        self._last_reply: torch.dtype | None = None
         self._closed = False
         if world_size == 1:
             return
@@ -197,7 +202,6 @@ class ProcessBackend:
     def set_condition(self, cond: Mapping[str, Tensor]) -> None:
         self.cond = cond
         self._shape = None
-        self._reply_dtype = {}
         if self.world_size == 1:
             return
         self._cond_cpu = {k: v.detach().cpu() for k, v in cond.items()}
@@ -211,7 +215,6 @@ class ProcessBackend:
             except Exception as e:
                 raise WorkerError(f"worker rank {rank} did not take the conditioning ({self._describe(rank)}): {e}") from None
         self._shape = shape
-        self._reply_dtype = {}
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor) -> Tensor:
@@ -220,11 +223,9 @@ class ProcessBackend:
             raise ValueError(f"{b} evaluations in one round but only {self.world_size} process(es)")
         if b > 1 and self._shape != tuple(xs.shape[1:]):
             self._broadcast_condition(xs[0])
-        v0 = None
-        reply = self._reply_dtype.get(xs.dtype)
-        if b > 1 and reply is None:  # learn the velocity's dtype for this state dtype (once per prompt)
-            v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
-            reply = self._reply_dtype[xs.dtype] = v0.dtype
+        # the reply dtype: what rank 0's adapter returned for this state dtype; for a new state
+        # dtype, a guess (the last velocity's dtype), checked against item 0 below
+        reply = self._reply_dtype.get(xs.dtype, self._last_reply or xs.dtype)
         sends, recvs, outs = [], [], []
         for i in range(1, b):
             codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
@@ -233,12 +234,14 @@ class ProcessBackend:
             out = torch.empty(xs.shape[1:], dtype=reply, device=self.comm)
             recvs.append((i, dist.irecv(out, i)))
             outs.append(out)
-        if v0 is None:
-            v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
+        v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
         for rank, work in sends + recvs:
             self._wait(work, rank)
+        self._reply_dtype[xs.dtype] = self._last_reply = v0.dtype
         if not outs:
             return v0
+        if v0.dtype != reply:  # a wrong guess: the workers cast their velocities; ask again, now known
+            return self.velocity(xs, steps)
         return torch.cat([v0, torch.stack(outs).to(v0.device)])
 
     def close(self, error: bool = False) -> None:
