@@ -194,7 +194,8 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
 
     t_load = time.perf_counter()
     adapter = spec.adapter_cls(cfg.model, _device(cfg), "full")
-    threads = thread_setting(int(cfg.hardware.get("threads_per_process", 1)), str(cfg.hardware.get("device", "cpu")))
+    hw = cfg.hardware
+    threads = thread_setting(int(hw.get("threads_per_process", 1)), str(hw.get("device", "cpu")))
     with threads, make_backend(cfg, spec, adapter) as backend:  # every rank computes with the same threads
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
         ref_backend = LocalBackend(adapter, "loop")

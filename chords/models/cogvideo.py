@@ -6,8 +6,9 @@
   last step uses ``final_alpha_cumprod`` as the scheduler sets it; ``prediction_type`` from the
   scheduler config (v-prediction for CogVideoX1.5). With ``step_precision: model`` (the default)
   the step computes as ``CogVideoXDDIMScheduler.step`` does (its ``a_t`` / ``b_t`` form, its
-  alphas in its own dtype, a float32 velocity on a bf16 state) and casts the result to the state's dtype
-  as the pipeline casts its latents to the prompt embeddings' dtype: bit for bit the pipeline's.
+  alphas in their own dtype, a float32 velocity on a bf16 state) and casts the result to the
+  state's dtype as the pipeline casts its latents to the prompt embeddings' dtype: bit for bit
+  the pipeline's.
 
   Difference from ``CogVideoXDDIMScheduler.step``: diffusers derives the previous timestep by
   subtraction, ``t - num_train_timesteps // N``. With trailing spacing the listed timesteps are

@@ -139,7 +139,8 @@ class HunyuanAdapter(DiffusersAdapter):
         grid = pipe.scheduler.sigmas.detach().cpu().clone()
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "num_frames": num_frames, "fps": int(cfg_get(cfg, "fps")), "true_cfg": "true_cfg_scale" in cond}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid, precision=self.step_precision), num_steps=num_steps, meta=meta)
+        step = EulerStep(grid, precision=self.step_precision)
+        return Encoded(x0=latents, cond=cond, step=step, num_steps=num_steps, meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:

@@ -151,7 +151,8 @@ class WanAdapter(DiffusersAdapter):
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "num_frames": num_frames, "fps": int(cfg_get(cfg, "fps")), "cfg": do_cfg,
                 "scheduler": type(pipe.scheduler).__name__}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid, precision=self.step_precision), num_steps=len(timesteps), meta=meta)
+        step = EulerStep(grid, precision=self.step_precision)
+        return Encoded(x0=latents, cond=cond, step=step, num_steps=len(timesteps), meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
