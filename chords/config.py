@@ -19,6 +19,7 @@ from baselines import SRDS, ParaDIGMS
 from chords.chords import CHORDS, parse_init_t
 from chords.core import CoreIndex, Residual, Sequential, StopRule
 from chords.models.base import Adapter, load_adapter_class
+from chords.steps import step_precision_problem
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGORITHMS = ("sequential", "chords", "paradigms", "srds")
@@ -186,6 +187,9 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     for key in ("timeout_s", "load_timeout_s"):
         if key in hw and not (isinstance(hw[key], (int, float)) and hw[key] > 0):
             raise ConfigError(f"hardware.{key} {hw[key]!r} is invalid: it must be a number of seconds > 0")
+    threads = hw.get("threads_per_process", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"hardware.threads_per_process {threads!r} is invalid: it must be an integer >= 0 (0 = torch's default)")
 
     model = cfg.model
     try:
@@ -195,6 +199,9 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     problems = adapter_cls.validate(model)
     if problems:
         raise ConfigError(problems[0])
+    precision = step_precision_problem(model.get("step_precision", "model"))
+    if precision:
+        raise ConfigError(precision)
     n = model.get("num_inference_steps")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"model.num_inference_steps {n!r} is invalid: it must be an integer >= 1")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 import chords
-from chords.backends import LocalBackend, ProcessBackend
+from chords.backends import LocalBackend, ProcessBackend, thread_setting
 from chords.config import RunSpec, validate
 from chords.core import Hit, Sequential, sample
 from chords.models.base import Adapter, Encoded
@@ -122,6 +122,8 @@ def reference_hardware(cfg: DictConfig) -> dict:
     ``hardware=local`` resolves on this machine."""
     hw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hardware" / "local.yaml"), resolve=True)
     hw["device"] = str(cfg.hardware.get("device", "cpu"))
+    if "threads_per_process" in cfg.hardware:  # the reference computes with the run's thread setting
+        hw["threads_per_process"] = cfg.hardware.threads_per_process
     return hw
 
 
@@ -392,7 +394,9 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     device = _device(cfg)
     adapter = spec.adapter_cls(cfg.model, device, "full")
     results: dict[int, tuple[Outcome, Outcome | None]] = {}
-    with make_backend(cfg, spec, adapter) as backend:
+    hw = cfg.hardware
+    threads = thread_setting(int(hw.get("threads_per_process", 1)), str(hw.get("device", "cpu")))
+    with threads, make_backend(cfg, spec, adapter) as backend:  # every rank computes with the same threads
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
         session = _Session(cfg, spec, adapter, backend, device, algo_cfg, seq_cfg)
         busy = []

@@ -1,9 +1,35 @@
 """Step functions that jump between any two grid indices ``i < j``.
 
-They take the grid as data (arrays read once from a scheduler), never a scheduler object.
-Arithmetic is float32, or float64 when the state is float64, and the result is cast back to
-the state's dtype. Each also exposes ``noise_variance`` (one value per grid index
-``0..num_steps``), which ParaDIGMS uses to scale its error.
+They take the grid as data (arrays read once from a scheduler), never a scheduler object, and
+come in two arithmetics, chosen by ``precision`` (the model config's ``step_precision``):
+
+* ``"model"`` (the default): the scheduler's own arithmetic, operation for operation, so a
+  sequential run through an adapter equals the diffusers pipeline bit for bit in bf16 too.
+  :class:`EulerStep` does what ``FlowMatchEulerDiscreteScheduler.step`` does: the state is
+  upcast to float32, ``dt = sigmas[j] - sigmas[i]`` is a 0-d float32 tensor on the state's
+  device (the scheduler keeps its sigmas on the pipeline's device), ``prev = x + dt * v``, and
+  the result is cast to the *velocity's* dtype. PyTorch's promotion makes ``dt * v`` a bf16
+  product when ``v`` is bf16 (on CPU ``dt`` itself is rounded to bf16 first), and a float32
+  state becomes bf16 after its first step, as the HunyuanVideo and Wan pipelines' latents do.
+  :class:`DDIMStep` does what ``CogVideoXDDIMScheduler.step`` does: the alphas are 0-d CPU
+  tensors in the scheduler's own dtype (float64 after its zero-terminal-SNR rescale);
+  ``x0 = sqrt(a_i) x - sqrt(1 - a_i) v`` (v-prediction), ``a_t = sqrt((1 - a_j) / (1 - a_i))``,
+  ``b_t = sqrt(a_j) - sqrt(a_i) a_t``, ``prev = a_t x + b_t x0``, each operation in the dtype
+  PyTorch's promotion gives; the result is cast back to the state's dtype, as
+  ``CogVideoXPipeline`` casts its latents to the prompt embeddings' dtype. A jump ``i -> j``
+  uses grid entry ``j`` where a single step uses ``i + 1``, as the official release's
+  ``custom_step_Euler`` / ``custom_step_DDIM`` do. Float64 states (the analytic test models)
+  are computed in float64.
+* ``"float32"``: the state and the velocity are upcast to float32 (float64 stays float64), the
+  whole step is computed there, and the result is cast back to the *state's* dtype: one
+  rounding per step instead of one per operation, and states keep the dtype of the initial
+  noise (float32 for HunyuanVideo and Wan). This was the harness's arithmetic before
+  ``"model"`` became the default; it is closer to the exact ODE step in bf16, but it is not
+  what the pipelines (or the official release) compute.
+
+For float32 (or float64) states and velocities the two Euler arithmetics agree exactly; the two
+DDIM forms differ by float rounding. Each step also exposes ``noise_variance`` (one value per
+grid index ``0..num_steps``), which ParaDIGMS uses to scale its error.
 """
 from __future__ import annotations
 
@@ -13,9 +39,19 @@ import torch
 
 Tensor = torch.Tensor
 
+#: accepted values of ``precision`` / the model config key ``step_precision``; the first is the default
+STEP_PRECISIONS: tuple[str, ...] = ("model", "float32")
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+def step_precision_problem(value: object) -> str | None:
+    """A one-line message when ``value`` is not an accepted ``model.step_precision``, else None."""
+    if value in STEP_PRECISIONS:
+        return None
+    return f"model.step_precision {value!r} is invalid: use one of {', '.join(STEP_PRECISIONS)}"
+
+
+def _compute_dtype(*ts: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
 def _check_indices(i: int, j: int, num_steps: int) -> None:
@@ -23,20 +59,30 @@ def _check_indices(i: int, j: int, num_steps: int) -> None:
         raise ValueError(f"step from grid index {i} to {j} is invalid: need 0 <= i < j <= {num_steps}")
 
 
+def _check_precision(precision: str) -> None:
+    problem = step_precision_problem(precision)
+    if problem:
+        raise ValueError(problem.removeprefix("model.step_"))
+
+
 @dataclass(frozen=True)
 class EulerStep:
     """Euler on a flow-matching sigma grid: ``x + (sigma_j - sigma_i) * v``.
 
     ``sigmas`` has ``num_steps + 1`` entries, from ``sigmas[0]`` (noise, usually 1) to
-    ``sigmas[num_steps]`` (data, usually 0), as ``FlowMatchEulerDiscreteScheduler.sigmas``.
-    The difference is taken in the compute dtype, as diffusers does.
+    ``sigmas[num_steps]`` (data, usually 0), as ``FlowMatchEulerDiscreteScheduler.sigmas``
+    (float32; a float64 grid stays float64). ``precision``: ``"model"`` computes as the
+    scheduler's ``step`` and returns the velocity's dtype; ``"float32"`` computes in float32 and
+    returns the state's dtype (module docstring).
     """
 
     sigmas: Tensor
     noise_floor: float = 0.0
+    precision: str = "model"
     _by_dtype: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        _check_precision(self.precision)
         s = torch.as_tensor(self.sigmas).detach().cpu()
         object.__setattr__(self, "sigmas", s.to(torch.float64) if s.dtype == torch.float64 else s.to(torch.float32))
         if s.ndim != 1 or len(s) < 2:
@@ -46,10 +92,11 @@ class EulerStep:
     def num_steps(self) -> int:
         return len(self.sigmas) - 1
 
-    def _grid(self, dtype: torch.dtype) -> Tensor:
-        g = self._by_dtype.get(dtype)
+    def _grid(self, dtype: torch.dtype, device: torch.device = torch.device("cpu")) -> Tensor:
+        key = (dtype, device)
+        g = self._by_dtype.get(key)
         if g is None:
-            g = self._by_dtype[dtype] = self.sigmas.to(dtype)
+            g = self._by_dtype[key] = self.sigmas.to(device=device, dtype=dtype)
         return g
 
     def delta(self, i: int, j: int, dtype: torch.dtype = torch.float32) -> float:
@@ -58,7 +105,11 @@ class EulerStep:
 
     def __call__(self, x: Tensor, v: Tensor, i: int, j: int) -> Tensor:
         _check_indices(i, j, self.num_steps)
-        cd = _compute_dtype(x)
+        cd = _compute_dtype(x, v)
+        if self.precision == "model":
+            g = self._grid(cd, x.device)
+            dt = g[j] - g[i]  # a 0-d tensor, as the scheduler's sigma_next - sigma
+            return (x.to(cd) + dt * v).to(v.dtype)
         dt = self.delta(i, j, cd)
         if x.dtype == cd and v.dtype == cd:
             return x + dt * v
@@ -85,20 +136,28 @@ class DDIMStep:
     scheduler lists them, e.g. CogVideoX's trailing spacing); the state at grid index
     ``num_steps`` is data, with ``final_alpha_cumprod`` (1.0 when the scheduler sets alpha to
     one, else ``alphas_cumprod[0]``). ``prediction_type`` is ``"epsilon"`` or ``"v_prediction"``.
+    ``precision``: ``"model"`` computes as ``CogVideoXDDIMScheduler.step`` (alphas as 0-d CPU
+    tensors in ``alphas_cumprod``'s own dtype, PyTorch's promotion for each operation), ``"float32"`` upcasts
+    everything to float32 first; both return the state's dtype (module docstring).
     """
 
     alphas_cumprod: Tensor
     timesteps: Tensor
     prediction_type: str = "epsilon"
     final_alpha_cumprod: float = 1.0
+    precision: str = "model"
     _by_dtype: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        _check_precision(self.precision)
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(
                 f"prediction_type {self.prediction_type!r} is not supported: use 'epsilon' or 'v_prediction'"
             )
-        ac = torch.as_tensor(self.alphas_cumprod).detach().cpu().to(torch.float64)
+        ac = torch.as_tensor(self.alphas_cumprod).detach().cpu()
+        # "model" arithmetic uses the scheduler's own dtype (float64 for CogVideoX's zero-SNR rescale)
+        object.__setattr__(self, "_model_dtype", torch.float64 if ac.dtype == torch.float64 else torch.float32)
+        ac = ac.to(torch.float64)
         ts = torch.as_tensor(self.timesteps).detach().cpu().long()
         object.__setattr__(self, "alphas_cumprod", ac)
         object.__setattr__(self, "timesteps", ts)
@@ -118,7 +177,19 @@ class DDIMStep:
 
     def __call__(self, x: Tensor, v: Tensor, i: int, j: int) -> Tensor:
         _check_indices(i, j, self.num_steps)
-        cd = _compute_dtype(x)
+        cd = _compute_dtype(x, v)
+        if self.precision == "model":
+            g = self._grid(torch.float64 if cd == torch.float64 else self._model_dtype)
+            a_i, a_j = g[i], g[j]  # 0-d CPU tensors, as the scheduler's alphas_cumprod[t]
+            # the scheduler's operations, in its order, on the tensors as they come
+            beta_i = 1 - a_i
+            if self.prediction_type == "epsilon":
+                x0 = (x - beta_i ** 0.5 * v) / a_i ** 0.5
+            else:
+                x0 = (a_i ** 0.5) * x - (beta_i ** 0.5) * v
+            coef_x = ((1 - a_j) / (1 - a_i)) ** 0.5
+            coef_x0 = a_j ** 0.5 - a_i ** 0.5 * coef_x
+            return (coef_x * x + coef_x0 * x0).to(x.dtype)
         g = self._grid(cd)
         a_i, a_j = g[i], g[j]
         xs, out = x.to(cd), v.to(cd)

@@ -30,9 +30,9 @@ PUBLISHED: dict[str, tuple[float, float, str]] = {
     "flux-schnell": (11.9 * B, 16.9 * B, "as FLUX.1-dev"),
     "sd3-5": (8.1 * B, 13.8 * B, "8.1B MMDiT + T5-XXL enc 4.76B + CLIP-G 0.69B + CLIP-L 0.12B + VAE 0.08B"),
     "hunyuan": (12.8 * B, 20.7 * B, "13B DiT + Llava-Llama-3-8B text 7.5B + CLIP-L 0.12B + VAE 0.25B"),
-    "wan2-1": (14.0 * B, 19.8 * B, "14B DiT + UMT5-XXL enc 5.7B + VAE 0.13B"),
-    "wan2-1-1.3b": (1.3 * B, 7.1 * B, "1.3B DiT + UMT5-XXL enc 5.7B + VAE 0.13B"),
-    "cogvideo": (5.0 * B, 10.0 * B, "5B DiT + T5-XXL enc 4.76B + VAE 0.2B"),
+    "wan2-1": (14.29 * B, 20.10 * B, "14.29B DiT + UMT5-XXL enc 5.68B + VAE 0.13B"),
+    "wan2-1-1.3b": (1.42 * B, 7.23 * B, "1.42B DiT + UMT5-XXL enc 5.68B + VAE 0.13B"),
+    "cogvideo": (5.57 * B, 10.55 * B, "5.57B DiT + T5-XXL enc 4.76B + VAE 0.22B"),
 }
 
 

@@ -46,7 +46,7 @@ def test_sequential_converges_to_exact_solution_first_order():
 
 
 def test_euler_step_float32_compute_and_cast_back():
-    st_ = EulerStep(torch.linspace(1, 0, 11))
+    st_ = EulerStep(torch.linspace(1, 0, 11), precision="float32")  # the default, "model": test_step_parity.py
     x = torch.randn(4, dtype=torch.bfloat16)
     v = torch.randn(4, dtype=torch.bfloat16)
     out = st_(x, v, 2, 7)

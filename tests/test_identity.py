@@ -36,7 +36,7 @@ OVERRIDES = [
     "model.shift=2.0", "model.seed=7", "model.num_inference_steps=9", "model.height=8", "model.dtype=float64",
     "model.guidance_scale=1.5", "+model.flow_shift=5.0", "+model.scheduler=euler", "+model.timestep_spacing=leading",
     "+model.max_sequence_length=77", "+model.prompt_template=x", "model.model_path=/somewhere",
-    "+model.step_precision=float32", "algo.init_t=0-3", "algo.stopping_kwargs.index=2",
+    "model.step_precision=float32", "algo.init_t=0-3", "algo.stopping_kwargs.index=2",
     "algo.stopping_kwargs.criterion=none", "hardware=batched", "+experiment_label=mine",
 ]
 

@@ -8,8 +8,12 @@
 
 Both expose the same three calls, so the runner never knows which it has:
 ``set_condition(cond)`` once per prompt, ``velocity(xs, steps)`` once per round, ``close()``.
+Neither changes a number: on CPU every rank runs with the same thread setting
+(:func:`thread_setting`), and worker ranks return their velocities in the dtype rank 0's adapter
+returns.
 """
 from chords.backends.local import LocalBackend
 from chords.backends.processes import ProcessBackend, WorkerError
+from chords.backends.threads import thread_setting
 
-__all__ = ["LocalBackend", "ProcessBackend", "WorkerError"]
+__all__ = ["LocalBackend", "ProcessBackend", "WorkerError", "thread_setting"]

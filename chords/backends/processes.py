@@ -7,11 +7,20 @@ workers that hold only the denoiser (``role="denoiser"``).
 Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in order):
 
 * start-up: worker r loads its adapter and sends ``[r]`` (``[-1]`` if loading failed).
-* ``COND`` (once per prompt): header ``[COND, 0]`` then ``send_object_list([cond, shape,
+* ``COND`` (once per prompt): header ``[COND, 0, 0, 0]`` then ``send_object_list([cond, shape,
   dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
-* ``EVAL`` (per round, only to ranks 1..B-1): header ``[EVAL, grid index]``, then the state;
-  the worker answers with the velocity. Nothing else crosses per round.
-* ``STOP``: header ``[STOP, 0]``; the worker leaves its loop and exits.
+* ``EVAL`` (per round, only to ranks 1..B-1): header ``[EVAL, grid index, state dtype, reply
+  dtype]`` (dtypes as indices into ``WIRE_DTYPES``), then the state; the worker answers with the
+  velocity in the reply dtype. Nothing else crosses per round. The state dtype travels every
+  round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
+  Wan start from float32 noise and step to bf16, and a round mixing both is stacked in float32,
+  which is exact). The reply dtype is what rank 0's own adapter returns for such a state, so
+  every rank's velocity crosses back unchanged, dtype included (CogVideoX returns float32
+  velocities for bf16 states). Rank 0 learns it from its own item 0 of every round; for a
+  state dtype it has not evaluated yet it guesses (the last velocity's dtype) and, if item 0
+  shows the guess wrong, asks the workers again: never a changed number, at most one extra
+  round, and no extra wait otherwise.
+* ``STOP``: header ``[STOP, 0, 0, 0]``; the worker leaves its loop and exits.
 
 Rank 0 waits on every reply with a timeout; a worker that died or stopped answering raises
 :class:`WorkerError` naming its rank, and :meth:`close` leaves no process behind. The same
@@ -38,6 +47,8 @@ Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
 STOP, EVAL, COND = 0, 1, 2
+#: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
+WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
 
 
@@ -83,9 +94,10 @@ def _worker_main(
     if not ok:
         sys.exit(1)
 
-    header = torch.zeros(2, dtype=torch.long, device=comm)
+    header = torch.zeros(4, dtype=torch.long, device=comm)
     cond: Mapping[str, Tensor] = {}
-    x = None
+    shape: tuple[int, ...] | None = None
+    buffers: dict[torch.dtype, Tensor] = {}  # one receive buffer per state dtype
     with torch.no_grad():
         while True:
             dist.recv(header, 0)
@@ -96,17 +108,25 @@ def _worker_main(
                 msg: list[Any] = [None, None, None]
                 dist.recv_object_list(msg, 0, device=comm)
                 cond = {k: v.to(device) for k, v in msg[0].items()}
-                x = torch.empty(msg[1], dtype=getattr(torch, msg[2]), device=comm)
+                shape, buffers = tuple(msg[1]), {}
                 continue
-            assert x is not None, "EVAL before COND"
+            assert shape is not None, "EVAL before COND"
+            state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
+            x = buffers.get(state_dtype)
+            if x is None:
+                x = buffers[state_dtype] = torch.empty(shape, dtype=state_dtype, device=comm)
             dist.recv(x, 0)
             v = adapter.velocity(x[None].to(device), torch.tensor([idx], device=device), cond)[0]
-            dist.send(v.to(comm, x.dtype).contiguous(), 0)
+            dist.send(v.to(comm, reply_dtype).contiguous(), 0)
     dist.destroy_process_group()
 
 
 class ProcessBackend:
-    """Rank 0 (this process) plus ``world_size - 1`` spawned worker ranks."""
+    """Rank 0 (this process) plus ``world_size - 1`` spawned worker ranks.
+
+    Workers run with ``threads_per_process`` intra-op threads; run rank 0 with the same setting
+    (the runner does, :func:`chords.backends.thread_setting`) and every rank computes the same bits.
+    """
 
     def __init__(
         self,
@@ -132,6 +152,9 @@ class ProcessBackend:
         self.cond: Mapping[str, Tensor] = {}
         self.procs: list[mp.Process] = []
         self._shape: tuple[int, ...] | None = None
+        # the velocity's dtype per state dtype, as rank 0's adapter returned it (checked every round)
+        self._reply_dtype: dict[torch.dtype, torch.dtype] = {}
+        self._last_reply: torch.dtype | None = None
         self._closed = False
         if world_size == 1:
             return
@@ -172,8 +195,8 @@ class ProcessBackend:
         if ok is False:
             raise WorkerError(f"worker rank {rank} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
 
-    def _send_header(self, rank: int, cmd: int, idx: int = 0):
-        return dist.isend(torch.tensor([cmd, idx], dtype=torch.long, device=self.comm), rank)
+    def _send_header(self, rank: int, cmd: int, idx: int = 0, state_code: int = 0, reply_code: int = 0):
+        return dist.isend(torch.tensor([cmd, idx, state_code, reply_code], dtype=torch.long, device=self.comm), rank)
 
     # ---------------------------------------------------------------- protocol
     def set_condition(self, cond: Mapping[str, Tensor]) -> None:
@@ -200,18 +223,25 @@ class ProcessBackend:
             raise ValueError(f"{b} evaluations in one round but only {self.world_size} process(es)")
         if b > 1 and self._shape != tuple(xs.shape[1:]):
             self._broadcast_condition(xs[0])
+        # the reply dtype: what rank 0's adapter returned for this state dtype; for a new state
+        # dtype, a guess (the last velocity's dtype), checked against item 0 below
+        reply = self._reply_dtype.get(xs.dtype, self._last_reply or xs.dtype)
         sends, recvs, outs = [], [], []
         for i in range(1, b):
-            sends.append((i, self._send_header(i, EVAL, int(steps[i]))))
+            codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
+            sends.append((i, self._send_header(i, EVAL, int(steps[i]), *codes)))
             sends.append((i, dist.isend(xs[i].to(self.comm).contiguous(), i)))
-            out = torch.empty(xs.shape[1:], dtype=xs.dtype, device=self.comm)
+            out = torch.empty(xs.shape[1:], dtype=reply, device=self.comm)
             recvs.append((i, dist.irecv(out, i)))
             outs.append(out)
         v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
         for rank, work in sends + recvs:
             self._wait(work, rank)
+        self._reply_dtype[xs.dtype] = self._last_reply = v0.dtype
         if not outs:
             return v0
+        if v0.dtype != reply:  # a wrong guess: the workers cast their velocities; ask again, now known
+            return self.velocity(xs, steps)
         return torch.cat([v0, torch.stack(outs).to(v0.device)])
 
     def close(self, error: bool = False) -> None:

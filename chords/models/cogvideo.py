@@ -4,7 +4,11 @@
   as the official release does. Step: deterministic DDIM (:class:`chords.steps.DDIMStep`) on
   the scheduler's ``alphas_cumprod`` and its actual trailing ``timesteps``; the state after the
   last step uses ``final_alpha_cumprod`` as the scheduler sets it; ``prediction_type`` from the
-  scheduler config (v-prediction for CogVideoX1.5).
+  scheduler config (v-prediction for CogVideoX1.5). With ``step_precision: model`` (the default)
+  the step computes as ``CogVideoXDDIMScheduler.step`` does (its ``a_t`` / ``b_t`` form, its
+  alphas in their own dtype, a float32 velocity on a bf16 state) and casts the result to the
+  state's dtype as the pipeline casts its latents to the prompt embeddings' dtype: bit for bit
+  the pipeline's.
 
   Difference from ``CogVideoXDDIMScheduler.step``: diffusers derives the previous timestep by
   subtraction, ``t - num_train_timesteps // N``. With trailing spacing the listed timesteps are
@@ -157,6 +161,7 @@ class CogVideoXAdapter(DiffusersAdapter):
         step = DDIMStep(
             alphas_cumprod=sched.alphas_cumprod, timesteps=timesteps,
             prediction_type=sched.config.prediction_type, final_alpha_cumprod=float(sched.final_alpha_cumprod),
+            precision=self.step_precision,
         )
         meta = {"timesteps": ts, "guidance_per_step": scales, "height": height, "width": width,
                 "num_frames": int(cfg_get(cfg, "num_frames")), "latent_padding_frames": extra,

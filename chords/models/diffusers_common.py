@@ -22,7 +22,10 @@ Conventions every family follows (see each module's docstring for its specifics)
   transformer can evaluate the velocity from ``cond`` alone.
 * The scheduler's ``step`` is never called: flow-matching families use
   :class:`chords.steps.EulerStep` on the scheduler's sigmas (trailing 0 included), CogVideoX
-  uses :class:`chords.steps.DDIMStep` on its trailing timesteps.
+  uses :class:`chords.steps.DDIMStep` on its trailing timesteps. ``model.step_precision``
+  (``model``, the default, or ``float32``) is handed to them as ``precision``: ``model``
+  rounds as the scheduler does, so sequential sampling equals the pipeline bit for bit in
+  every dtype (see :mod:`chords.steps`).
 * The noise comes from ``torch.Generator("cpu").manual_seed(seed)`` handed to
   ``prepare_latents``, as the official release does, so it is the same on every device.
 """
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 
 from chords.models.base import Adapter
+from chords.steps import step_precision_problem
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -407,6 +411,8 @@ class DiffusersAdapter(Adapter):
         if problems:
             raise ValueError(problems[0])
         self.dtype = torch_dtype(cfg_get(cfg, "dtype", "float32"))
+        #: the step arithmetic ("model" or "float32"), handed to the step functions
+        self.step_precision: str = str(cfg_get(cfg, "step_precision", "model"))
         self.pipe = None
         if is_tiny(cfg):
             if role == "full":
@@ -489,6 +495,9 @@ class DiffusersAdapter(Adapter):
             torch_dtype(cfg_get(cfg, "dtype"))
         except ValueError as e:
             problems.append(str(e))
+        precision = step_precision_problem(cfg_get(cfg, "step_precision", "model"))
+        if precision:
+            problems.append(precision)
         for key in ("num_inference_steps", "height", "width"):
             v = cfg_get(cfg, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -7,7 +7,8 @@
 * Velocity: one transformer call for ``B`` states at ``B`` grid indices; ``timestep / 1000`` in
   the latent dtype, the distilled guidance embedding (``guidance_scale``, when the checkpoint has
   ``guidance_embeds``), and, with ``true_cfg_scale > 1`` and a ``negative_prompt``, true CFG
-  ``neg + s * (pos - neg)`` with the positive and negative branches batched into the same call.
+  ``neg + s * (pos - neg)`` with the negative branch in a second call, as the pipeline makes it
+  (one batched call would sum in another order and lose bitwise equality with the pipeline).
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ class FluxAdapter(DiffusersAdapter):
         grid = sched.sigmas.detach().cpu().clone()
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "mu": float(mu),
                 "height": height, "width": width, "true_cfg": "true_cfg_scale" in cond}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=num_steps, meta=meta)
+        step = EulerStep(grid, precision=self.step_precision)
+        return Encoded(x0=latents, cond=cond, step=step, num_steps=num_steps, meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
@@ -141,27 +143,13 @@ class FluxAdapter(DiffusersAdapter):
         timestep = self.per_state(c["timesteps"], steps, n).to(x.dtype) / 1000
         guidance = c["guidance"].expand(b * n) if "guidance" in c else None
         pe, pooled = self.repeat(c["prompt_embeds"], b), self.repeat(c["pooled_prompt_embeds"], b)
-        true_cfg = "true_cfg_scale" in c
-        if true_cfg and c["negative_prompt_embeds"].shape == c["prompt_embeds"].shape and torch.equal(
-            c["negative_text_ids"], c["text_ids"]
-        ):
-            out = self._forward(
-                torch.cat([x, x]), torch.cat([timestep, timestep]),
-                None if guidance is None else torch.cat([guidance, guidance]),
-                torch.cat([pe, self.repeat(c["negative_prompt_embeds"], b)]),
-                torch.cat([pooled, self.repeat(c["negative_pooled_prompt_embeds"], b)]),
-                c["text_ids"], c["img_ids"],
+        out = self._forward(x, timestep, guidance, pe, pooled, c["text_ids"], c["img_ids"])
+        if "true_cfg_scale" in c:  # the negative branch: a second call, as the pipeline
+            neg = self._forward(
+                x, timestep, guidance, self.repeat(c["negative_prompt_embeds"], b),
+                self.repeat(c["negative_pooled_prompt_embeds"], b), c["negative_text_ids"], c["img_ids"],
             )
-            pos, neg = out.chunk(2)
-            out = neg + float(c["true_cfg_scale"]) * (pos - neg)
-        else:
-            out = self._forward(x, timestep, guidance, pe, pooled, c["text_ids"], c["img_ids"])
-            if true_cfg:
-                neg = self._forward(
-                    x, timestep, guidance, self.repeat(c["negative_prompt_embeds"], b),
-                    self.repeat(c["negative_pooled_prompt_embeds"], b), c["negative_text_ids"], c["img_ids"],
-                )
-                out = neg + float(c["true_cfg_scale"]) * (out - neg)
+            out = neg + float(c["true_cfg_scale"]) * (out - neg)
         return out.reshape(xs.shape).to(xs.device)
 
     def _forward(self, x, timestep, guidance, pe, pooled, text_ids, img_ids) -> Tensor:

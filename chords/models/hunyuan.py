@@ -1,14 +1,18 @@
 """HunyuanVideo as a CHORDS adapter, on ``diffusers.HunyuanVideoPipeline``'s sub-steps.
 
-* State: latents ``[n, C, f, h, w]`` in float32 (the pipeline prepares them in float32 and feeds
-  the transformer a copy cast to its dtype). Our states stay float32 between steps; the
-  pipeline's ``scheduler.step`` rounds them to the transformer dtype after each step, so in
-  bfloat16 the two differ by that rounding (identical in float32).
+* State: latents ``[n, C, f, h, w]``. The initial noise is float32 (the pipeline prepares it in
+  float32 and feeds the transformer a copy cast to its dtype); with ``step_precision: model``
+  (the default) each step returns the transformer's output dtype, as the pipeline's
+  ``scheduler.step`` does, so states are bf16 after the first step and sequential sampling
+  equals the pipeline bit for bit. The timestep is rounded to each state's dtype as the
+  pipeline rounds it (:meth:`HunyuanAdapter.timestep_as_pipeline`). With
+  ``step_precision: float32`` states stay float32 between steps.
 * Grid: ``sigmas = linspace(1, 0, N + 1)[:-1]`` through ``retrieve_timesteps`` with the
   checkpoint's flow shift; Euler on ``scheduler.sigmas`` (trailing 0 included).
 * Velocity: the guidance embedding ``guidance_scale * 1000`` (in the transformer dtype), per
   sample timesteps; with ``true_cfg_scale > 1`` and a ``negative_prompt``, true CFG
-  ``neg + s * (pos - neg)`` with both branches (and their attention masks) in one call.
+  ``neg + s * (pos - neg)`` with the negative branch in a second call, as the pipeline makes it
+  (one batched call would sum in another order and lose bitwise equality with the pipeline).
 * ``prompt_template``: null uses the pipeline's default Llama template; a tiny text encoder
   needs ``{"template": "{}", "crop_start": 0}``.
 """
@@ -135,37 +139,43 @@ class HunyuanAdapter(DiffusersAdapter):
         grid = pipe.scheduler.sigmas.detach().cpu().clone()
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "num_frames": num_frames, "fps": int(cfg_get(cfg, "fps")), "true_cfg": "true_cfg_scale" in cond}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=num_steps, meta=meta)
+        step = EulerStep(grid, precision=self.step_precision)
+        return Encoded(x0=latents, cond=cond, step=step, num_steps=num_steps, meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
         c = self.to_device(cond)
         x, b, n = self.flatten_states(xs.to(self.device))
         tdtype = self.transformer.dtype
-        timestep = self.per_state(c["timesteps"], steps, n).to(x.dtype)
+        timestep = self.timestep_as_pipeline(c["timesteps"], steps, n, x.dtype)
         rows = b * n
         guidance = torch.tensor([float(c["guidance_scale"])] * rows, dtype=tdtype, device=self.device) * 1000.0
         model_in = x.to(tdtype)
         pe, pooled, mask = (self.repeat(c[k], b) for k in ("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"))
-        true_cfg = "true_cfg_scale" in c
-        if true_cfg and c["negative_prompt_embeds"].shape == c["prompt_embeds"].shape:
-            out = self._forward(
-                torch.cat([model_in, model_in]), torch.cat([timestep, timestep]), torch.cat([guidance, guidance]),
-                torch.cat([pe, self.repeat(c["negative_prompt_embeds"], b)]),
-                torch.cat([mask, self.repeat(c["negative_prompt_attention_mask"], b)]),
-                torch.cat([pooled, self.repeat(c["negative_pooled_prompt_embeds"], b)]),
+        out = self._forward(model_in, timestep, guidance, pe, mask, pooled)
+        if "true_cfg_scale" in c:  # the negative branch: a second call, as the pipeline
+            neg = self._forward(
+                model_in, timestep, guidance, self.repeat(c["negative_prompt_embeds"], b),
+                self.repeat(c["negative_prompt_attention_mask"], b), self.repeat(c["negative_pooled_prompt_embeds"], b),
             )
-            pos, neg = out.chunk(2)
-            out = neg + float(c["true_cfg_scale"]) * (pos - neg)
-        else:
-            out = self._forward(model_in, timestep, guidance, pe, mask, pooled)
-            if true_cfg:
-                neg = self._forward(
-                    model_in, timestep, guidance, self.repeat(c["negative_prompt_embeds"], b),
-                    self.repeat(c["negative_prompt_attention_mask"], b), self.repeat(c["negative_pooled_prompt_embeds"], b),
-                )
-                out = neg + float(c["true_cfg_scale"]) * (out - neg)
+            out = neg + float(c["true_cfg_scale"]) * (out - neg)
         return out.reshape(xs.shape).to(xs.device)
+
+    def timestep_as_pipeline(self, table: Tensor, steps: Tensor, n: int, state_dtype: torch.dtype) -> Tensor:
+        """Each state's timestep rounded as the pipeline rounds it: to its latents' dtype.
+
+        The pipeline casts the timestep to the latents' dtype, which is float32 for the initial
+        noise and, with ``step_precision: model``, the transformer's output dtype after the first
+        step. States of one round are stacked in one tensor (float32 when the noise is among bf16
+        states), so the rounding follows each state's grid index, not the stack's dtype. The
+        transformer reads timesteps as ``t.float()``, so a float32 tensor of bf16-rounded values
+        gives the same embedding as the pipeline's bf16 tensor.
+        """
+        t = self.per_state(table, steps, n)
+        if self.step_precision != "model":
+            return t.to(state_dtype)  # states keep the noise's dtype
+        stepped = (steps > 0).to(t.device).repeat_interleave(n)
+        return torch.where(stepped, t.to(self.transformer.dtype).to(t.dtype), t)
 
     def _forward(self, x, timestep, guidance, pe, mask, pooled) -> Tensor:
         return self.transformer(

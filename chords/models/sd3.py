@@ -112,7 +112,8 @@ class SD3Adapter(DiffusersAdapter):
         grid = sched.sigmas.detach().cpu().clone()
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "cfg": do_cfg, **({"mu": float(kwargs["mu"])} if "mu" in kwargs else {})}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=num_steps, meta=meta)
+        step = EulerStep(grid, precision=self.step_precision)
+        return Encoded(x0=latents, cond=cond, step=step, num_steps=num_steps, meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:

@@ -1,7 +1,10 @@
 """Wan2.1 text-to-video (14B, 1.3B) as a CHORDS adapter, on ``diffusers.WanPipeline``'s sub-steps.
 
-* State: latents ``[n, 16, f, h, w]`` in float32 (the pipeline prepares them in float32 and
-  feeds the transformer a copy cast to its dtype); our states stay float32 between steps.
+* State: latents ``[n, 16, f, h, w]``. The initial noise is float32 (the pipeline prepares it in
+  float32 and feeds the transformer a copy cast to its dtype); with ``step_precision: model``
+  (the default) each step returns the transformer's output dtype, as the pipeline's
+  ``scheduler.step`` does, so states are bf16 after the first step. With
+  ``step_precision: float32`` states stay float32 between steps.
 * Grid: ``scheduler.set_timesteps(N)`` exactly as the pipeline calls it, then Euler on
   ``scheduler.sigmas`` (trailing 0 included) with the transformer fed ``scheduler.timesteps``.
   The Diffusers checkpoints ship ``UniPCMultistepScheduler`` (flow sigmas with the checkpoint's
@@ -11,7 +14,8 @@
   ``FlowMatchEulerDiscreteScheduler`` (the tiny model, or ``scheduler: euler``) it equals the
   pipeline's own ``__call__``. ``flow_shift`` (null = the checkpoint's) overrides the shift.
 * Velocity: classifier-free guidance ``uncond + g * (cond - uncond)`` (off for ``g <= 1``), the
-  two branches batched in one transformer call. ``negative_prompt`` null is the pipeline's
+  two branches in two transformer calls as the pipeline makes them (one batched call would sum
+  in another order and lose bitwise equality with the pipeline). ``negative_prompt`` null is the pipeline's
   default (the empty string), as in the official release.
 * Decode: the VAE runs in float32 (loaded with ``torch_dtype=float32`` as the official release
   does), latents de-normalised with the VAE's ``latents_mean`` / ``latents_std``.
@@ -147,7 +151,8 @@ class WanAdapter(DiffusersAdapter):
         meta = {"sigmas": grid.tolist(), "timesteps": timesteps.tolist(), "height": height, "width": width,
                 "num_frames": num_frames, "fps": int(cfg_get(cfg, "fps")), "cfg": do_cfg,
                 "scheduler": type(pipe.scheduler).__name__}
-        return Encoded(x0=latents, cond=cond, step=EulerStep(grid), num_steps=len(timesteps), meta=meta)
+        step = EulerStep(grid, precision=self.step_precision)
+        return Encoded(x0=latents, cond=cond, step=step, num_steps=len(timesteps), meta=meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
@@ -156,16 +161,13 @@ class WanAdapter(DiffusersAdapter):
         model_in = x.to(self.transformer.dtype)
         timestep = self.per_state(c["timesteps"], steps, n)
         pe = self.repeat(c["prompt_embeds"], b)
-        do_cfg = "negative_prompt_embeds" in c
-        if do_cfg:  # [cond, uncond] in one call
-            out = self.transformer(
-                hidden_states=torch.cat([model_in, model_in]), timestep=torch.cat([timestep, timestep]),
-                encoder_hidden_states=torch.cat([pe, self.repeat(c["negative_prompt_embeds"], b)]), return_dict=False,
+        out = self.transformer(hidden_states=model_in, timestep=timestep, encoder_hidden_states=pe, return_dict=False)[0]
+        if "negative_prompt_embeds" in c:  # the unconditional branch: a second call, as the pipeline
+            uncond = self.transformer(
+                hidden_states=model_in, timestep=timestep,
+                encoder_hidden_states=self.repeat(c["negative_prompt_embeds"], b), return_dict=False,
             )[0]
-            cond_out, uncond = out.chunk(2)
-            out = uncond + float(c["guidance_scale"]) * (cond_out - uncond)
-        else:
-            out = self.transformer(hidden_states=model_in, timestep=timestep, encoder_hidden_states=pe, return_dict=False)[0]
+            out = uncond + float(c["guidance_scale"]) * (out - uncond)
         return out.reshape(xs.shape).to(xs.device)
 
     @torch.no_grad()
