@@ -243,3 +243,27 @@ def test_signal_on_a_running_job_keeps_complete_folders_only(tmp_path, how):
     folders = list(out.glob("digits/chords-*/*"))
     assert folders and all(is_complete(f) for f in folders), [f for f in folders if not is_complete(f)]
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_signal_while_rank_0_waits_on_a_hung_worker_stops_in_seconds(tmp_path):
+    """Rank 0 is blocked inside a gloo wait (timeout 600 s): the signal still ends the run at once."""
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    proc = _start(tmp_path, "ngpu=3", f"model.adapter={FAULTY}", "+model.fault=hang_velocity", "+model.fault_rank=2",
+                  f"+model.fault_stamp={stamps}", "hardware.timeout_s=600")
+    try:
+        wait_for(lambda: (stamps / "rank2").exists(), 240, "hung worker")
+        time.sleep(0.5)
+        everything = descendants(proc.pid)
+        _send(proc, "SIGTERM")
+        err, took = _finish(proc, 60)
+        print(f"SIGTERM with a hung worker: exited {took:.1f}s after the signal")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("interrupted by SIGTERM") and "Traceback" not in err, err
+    assert took < 15
+    seconds_until_gone(everything, 10)
+    assert not list((tmp_path / "out").rglob("*.tmp-*"))
