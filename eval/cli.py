@@ -86,7 +86,8 @@ def _check_writable(out: Path) -> None:
         raise UsageError(f"out={out} exists and is not a folder; give a folder to write the tables and figures to")
     problem = writable_problem(out)
     if problem:
-        raise UsageError(f"out={out} is not writable ({problem}); give a folder you can write to")
+        state = "is not writable" if out.exists() else "cannot be created"
+        raise UsageError(f"out={out} {state} ({problem}); give a folder you can write to")
 
 
 def validate(cfg: dict) -> dict:
