@@ -334,6 +334,8 @@ class ProcessBackend:
                 conn.close()
                 if msg == "ok":
                     continue
+                if not msg:  # its end of the pipe closed: it is exiting; let it finish so that its code is known
+                    self.procs[rank - 1].join(timeout=2)
                 why = f"failed to load model {name!r}: {msg} (its traceback is above)" if msg else \
                     f"died while loading model {name!r} (it {self._describe(rank)})"
                 raise WorkerError(f"worker rank {rank} {why}")
