@@ -139,6 +139,36 @@ def test_worker_hanging_in_a_round_is_named_within_timeout_and_others_stay_quiet
     assert "Traceback" not in err, err
 
 
+def test_a_signal_while_a_worker_is_being_started_orphans_nothing(monkeypatch):
+    """SIGTERM right after a fork, before the backend has recorded the child: raised after, child stopped."""
+    from multiprocessing.context import SpawnProcess
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+
+    started: list[int] = []
+    real_start = SpawnProcess.start
+
+    def start(self):
+        real_start(self)
+        started.append(self.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SpawnProcess, "start", start)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        cfg = digits_cfg(fault="slow_load", fault_rank="all", fault_s=600)  # an orphan would live 10 minutes
+        with pytest.raises(Stop):
+            ProcessBackend(FaultyDigits(cfg), FAULTY, cfg, 3, load_timeout_s=LOAD_S)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(started) == 1
+    seconds_until_gone(started, 10)
+
+
 # --------------------------------------------------------------------------- the command line
 
 

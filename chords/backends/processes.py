@@ -100,16 +100,31 @@ def die_with_parent(parent_pid: int, use_pdeathsig: bool = True) -> None:
 
 
 @contextmanager
-def _blocked(signals: frozenset[int]) -> Iterator[None]:
-    """Block ``signals`` in this thread (they stay pending, nothing is lost); children inherit the mask."""
+def _starting_child() -> Iterator[None]:
+    """Around ``Process.start()`` and the record of the new process: no stop signal lands in between.
+
+    A signal raised between the fork and that record would leave a child nobody terminates.
+    SIGINT is blocked: it stays pending, and the child inherits the mask, so a terminal's
+    Ctrl-C does not become a traceback in each worker while it imports torch (it then ignores
+    SIGINT for good). SIGTERM and SIGHUP are recorded and raised again afterwards instead (a
+    blocked SIGTERM would be inherited too, and would keep the child from being terminated
+    while it imports). Outside the main thread there is nothing to do: signals go to the main thread.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    caught: list[int] = []
+    deferred = (signal.SIGTERM, signal.SIGHUP)
+    handlers = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in deferred}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT is raised here
+        for sig in caught:
+            signal.raise_signal(sig)
 
 
 def _worker_main(
@@ -291,7 +306,7 @@ class ProcessBackend:
         ctx = mp.get_context("spawn")
         main_thread = threading.current_thread() is threading.main_thread()
         # start multiprocessing's resource tracker now: starting it unblocks SIGINT in this thread
-        # (multiprocessing.resource_tracker.ensure_running), which would undo _blocked below
+        # (multiprocessing.resource_tracker.ensure_running), which would undo _starting_child below
         resource_tracker.ensure_running()
         readers: dict[Connection, int] = {}
         for rank in range(1, self.world_size):
@@ -303,9 +318,9 @@ class ProcessBackend:
                 daemon=True,
                 name=f"chords-rank{rank}",
             )
-            with _blocked(frozenset({signal.SIGINT})):  # the child starts with SIGINT blocked
+            with _starting_child():
                 p.start()
-            self.procs.append(p)
+                self.procs.append(p)
             writer.close()
             readers[reader] = rank
         return readers
