@@ -3,17 +3,60 @@
 Every job the command line describes (multirun sweeps expanded) is composed and validated
 first; a bad value prints one line and exits with status 2 before Hydra creates any folder or
 anything loads. Then Hydra runs the jobs (logging, sweeps) and each calls :func:`chords.runner.run`.
+
+SIGINT, SIGTERM and SIGHUP, at any moment (validation, start-up, sampling, writing), raise
+:class:`Interrupted` in the main thread: the stack unwinds through every ``finally`` (workers
+are stopped, the run folder being written is removed, complete ones stay), one line is printed
+and the exit status is 128 + the signal number. Further signals during that unwinding are
+ignored; it is bounded by the backend's ``close`` (seconds).
 """
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from chords.backends import WorkerError
-from chords.config import CONFIG_DIR, ConfigError, precheck_argv, validate
+from chords.config import CONFIG_DIR, INFORMATIONAL, ConfigError, precheck_argv, split_argv, validate
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived; a KeyboardInterrupt, so Hydra and ``except Exception`` let it through."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def install_signal_handlers() -> dict[int, Any]:
+    """The first stop signal raises :class:`Interrupted`; later ones are ignored while it unwinds.
+
+    Returns the previous handlers (for :func:`restore_signal_handlers`); nothing is installed
+    outside the main thread, where Python cannot handle signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if fired:
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 log = logging.getLogger("chords")
 
@@ -38,12 +81,21 @@ def _job(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    informational = any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info", "--shell-completion", "-sc") or a.startswith("--info") for a in argv)
-    if not informational:
+    previous = install_signal_handlers()
+    try:
         try:
-            precheck_argv(argv)
+            _, flags = split_argv(argv)
+            if not any(f.partition("=")[0] in INFORMATIONAL for f in flags):
+                precheck_argv(argv)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-    sys.argv = [sys.argv[0], *argv]
-    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="base")(_job)()
+        sys.argv = [sys.argv[0], *argv]
+        hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="base")(_job)()
+    except Interrupted as e:
+        name = signal.Signals(e.signum).name
+        print(f"interrupted by {name}: every process stopped; complete run folders kept, partial ones removed (rerun to resume)",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    finally:
+        restore_signal_handlers(previous)

@@ -1,17 +1,25 @@
 """Turn a composed Hydra config into validated run objects, before anything loads.
 
-:func:`validate` raises :class:`ConfigError` (one line: the bad value and what is accepted);
-the CLI prints it and exits with status 2. :func:`precheck_argv` composes every job a command
-line would run (multirun sweeps expanded) and validates each, so a bad value never reaches a
-model load, a process spawn or Hydra's own output folders.
+:func:`validate` raises :class:`ConfigError` (one line: the key, the bad value and what is
+accepted); the CLI prints it and exits with status 2. :func:`precheck_argv` composes every job
+a command line would run (multirun sweeps expanded) and validates each, so a bad value never
+reaches a model load, a process spawn or Hydra's own output folders.
+
+Every setting has a type and a documented range (:data:`SETTINGS`, rendered as the table in
+``docs/config_ranges.md``): booleans are ``true``/``false`` only (Hydra parses nothing else as
+a boolean, so ``overwrite=no`` is the *string* ``'no'`` and is refused), numbers are finite and
+bounded, integers are integers (``1e20`` is a float). Adapters add their family's own rules
+(multiples of 16, 4k + 1 frames, dtypes) on top.
 """
 from __future__ import annotations
 
+import difflib
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,15 +28,165 @@ from chords.chords import CHORDS, parse_init_t
 from chords.core import CoreIndex, Residual, Sequential, StopRule
 from chords.models.base import Adapter, load_adapter_class
 from chords.steps import step_precision_problem
+from chords.paths import writable_problem
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGORITHMS = ("sequential", "chords", "paradigms", "srds")
 CRITERIA = ("core_index", "residual", "none")
 BACKENDS = ("processes", "local")
+GROUPS = ("model", "algo", "hardware", "experiment")
+MAX_STEPS = 10_000
+MAX_SIDE = 8192
+MAX_PIXELS = 2**28  # height x width x num_frames of one sample
+MAX_CORES = 1024
+MAX_SEED = 2**63 - 1
+MAX_TIMEOUT_S = 7 * 24 * 3600
+#: CPU worker processes (one per core) at most: each imports torch and holds a denoiser
+MAX_CPU_PROCESSES = max(64, os.cpu_count() or 1)
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; its message is one line for the user."""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting's type and range; :meth:`problem` checks a value, :meth:`accepted` says what passes."""
+
+    key: str
+    kind: str  # "bool" | "int" | "number" | "text"
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is refused
+    null: bool = False  # null is accepted (it means the documented default)
+    note: str = ""
+    required: bool = False  # group keys are checked only when the chosen option has them, unless required
+
+    def accepted(self) -> str:
+        if self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "text":
+            text = "a non-empty string"
+        else:
+            noun = "an integer" if self.kind == "int" else "a finite number"
+            if self.lo is not None and self.hi is not None and not self.lo_open:
+                text = f"{noun} from {_num(self.lo)} to {_num(self.hi)}"
+            else:
+                bounds = []
+                if self.lo is not None:
+                    bounds.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
+                if self.hi is not None:
+                    bounds.append(f"<= {_num(self.hi)}")
+                text = f"{noun} {' and '.join(bounds)}".rstrip()
+        return f"null or {text}" if self.null else text
+
+    def problem(self, value: Any, name: str | None = None) -> str | None:
+        if value is None and self.null:
+            return None
+        ok: bool
+        if self.kind == "bool":
+            ok = isinstance(value, bool)
+        elif self.kind == "text":
+            ok = isinstance(value, str) and value.strip() != ""
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = False
+        elif self.kind == "int" and not isinstance(value, int):
+            ok = False
+        else:
+            ok = math.isfinite(value)
+            ok = ok and (self.lo is None or (value > self.lo if self.lo_open else value >= self.lo))
+            ok = ok and (self.hi is None or value <= self.hi)
+        if ok:
+            return None
+        return f"{name or self.key} {value!r} is invalid: it must be {self.accepted()}{f' ({self.note})' if self.note else ''}"
+
+
+#: Every typed setting. Model keys are checked when the chosen model has them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("prompt_file", "text", note="a UTF-8 file, one prompt per line"),
+    Setting("output_base_path", "text", note="a folder this process can create files in"),
+    Setting("ngpu", "int", 1, MAX_CORES, note="processes or GPUs; algo.num_cores follows it"),
+    Setting("reference", "bool"),
+    Setting("overwrite", "bool"),
+    Setting("summary", "bool"),
+    Setting("model.model_name", "text"),
+    Setting("model.adapter", "text", required=True, note="dotted path of an Adapter class"),
+    Setting("model.num_inference_steps", "int", 1, MAX_STEPS, required=True, note="N; algo=chords needs N >= its cores"),
+    Setting("model.height", "int", 1, MAX_SIDE, note="pixels; families add multiples"),
+    Setting("model.width", "int", 1, MAX_SIDE, note="pixels; families add multiples"),
+    Setting("model.num_frames", "int", 1, 1025, note="videos; families add 4k + 1"),
+    Setting("model.fps", "int", 1, 240),
+    Setting("model.guidance_scale", "number", 0, 100),
+    Setting("model.true_cfg_scale", "number", 0, 100),
+    Setting("model.shift", "number", 0, 100, lo_open=True, note="time shift of the sigma grid"),
+    Setting("model.flow_shift", "number", 0, 100, lo_open=True, null=True),
+    Setting("model.seed", "int", 0, MAX_SEED, required=True),
+    Setting("model.tiny_seed", "int", 0, MAX_SEED),
+    Setting("model.max_sequence_length", "int", 1, 4096),
+    Setting("model.num_images_per_prompt", "int", 1, 64),
+    Setting("model.num_videos_per_prompt", "int", 1, 64),
+    Setting("model.vae_tiling", "bool"),
+    Setting("model.use_dynamic_cfg", "bool"),
+    Setting("algo.num_cores", "int", 1, MAX_CORES, note="K; defaults to ngpu"),
+    Setting("algo.speedup", "number", 1, 1e6, null=True, note="init_t=auto's target; null = the presets' trend"),
+    Setting("algo.stopping_kwargs.index", "int", 0, MAX_CORES, note="below the number of hits"),
+    Setting("algo.stopping_kwargs.threshold", "number", 0, note="residual criterion"),
+    Setting("algo.tolerance", "number", 0),
+    Setting("algo.num_blocks", "int", 1, MAX_STEPS, null=True, note="srds; at most N; null = round(sqrt N)"),
+    Setting("algo.max_iters", "int", 1, MAX_STEPS, null=True, note="srds; null = num_blocks"),
+    Setting("algo.verbose", "bool"),
+    Setting("algo.full_return", "bool"),
+    Setting("hardware.threads_per_process", "int", 0, 1024, note="0 = torch's default"),
+    Setting("hardware.timeout_s", "number", 0, MAX_TIMEOUT_S, lo_open=True, note="seconds"),
+    Setting("hardware.load_timeout_s", "number", 0, MAX_TIMEOUT_S, lo_open=True, note="seconds"),
+)
+#: Settings with a fixed set of words (checked in :func:`validate`; listed in the docs).
+CHOICES: dict[str, str] = {
+    "algo.algo_name": ", ".join(ALGORITHMS) + " (chosen by algo=)",
+    "algo.init_t": "0-2-4-8-16-24-32-40 (increasing grid indices from 0, one per core, below N), preset, auto, uniform",
+    "algo.stopping_kwargs.criterion": ", ".join(CRITERIA),
+    "hardware.backend": ", ".join(BACKENDS),
+    "hardware.mode": "loop, batched (backend local)",
+    "hardware.device": "auto, cpu, cuda (processes: rank r on cuda:r); local also cuda:N, mps - each must exist",
+    "hardware.dist_backend": "auto, gloo, nccl (nccl needs cuda)",
+    "model.dtype": "bfloat16, float16, float32 (digits/gaussian: float32, float64)",
+}
+
+
+def ranges_markdown() -> str:
+    """The table of every setting's accepted values (docs/config_ranges.md holds it verbatim)."""
+    rows = ["| key | accepted | note |", "|---|---|---|"]
+    rows += [f"| `{s.key}` | {s.accepted()} | {s.note} |" for s in SETTINGS]
+    rows += [f"| `{k}` | one of: {v} | |" for k, v in CHOICES.items()]
+    return "\n".join(rows) + "\n"
+
+
+_MISSING = object()
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        yield key, v
+        if isinstance(v, dict):
+            yield from _leaves(v, key + ".")
+
+
+def check_settings(cfg: DictConfig, core_key: str = "algo.num_cores") -> None:
+    """Type and range of every setting in :data:`SETTINGS` that the config has."""
+    for s in SETTINGS:
+        value = OmegaConf.select(cfg, s.key, default=_MISSING)
+        if value is _MISSING:
+            if s.key.startswith(("model.", "algo.", "hardware.")) and not s.required:
+                continue  # this model / algorithm / hardware has no such setting
+            raise ConfigError(f"{s.key} is missing: it must be {s.accepted()}")
+        problem = s.problem(value, core_key if s.key == "algo.num_cores" else None)
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -63,15 +221,12 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 
 def check_writable(path: str | os.PathLike, what: str = "output_base_path") -> None:
-    """The folder exists and is writable, or can be created (its nearest existing parent is)."""
-    p = Path(path).absolute()
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {str(path)!r} is not writable ({probe} is not a writable folder): choose a folder you can write to")
+    """A probe file can be created (and removed) in the folder or its nearest existing parent."""
+    if not str(path).strip():
+        raise ConfigError(f"{what} {str(path)!r} is empty: give a folder to write into, e.g. {what}=output_samples")
+    problem = writable_problem(path)
+    if problem:
+        raise ConfigError(f"{what} {str(path)!r} is not writable ({problem}): choose a folder you can write to")
 
 
 def build_algorithm(algo: DictConfig | dict) -> tuple[Any, StopRule | None]:
@@ -148,13 +303,48 @@ def resolve_hardware(hw: DictConfig) -> None:
         hw.name = "gpu" if gpu else "cpu"
 
 
-def world_size(cfg: DictConfig, num_cores: int) -> int:
+def check_device(hw: DictConfig) -> None:
+    """``hardware.device`` (after :func:`resolve_hardware`) names a device that exists here.
+
+    With an explicit device under ``hardware=auto``, the remaining ``auto`` values (process
+    group backend, hardware name) follow that device.
+    """
+    import torch
+
+    dev, name = hw.get("device"), hw.get("name")
+    words = "auto, cpu or cuda (rank r runs on cuda:r)" if hw.backend == "processes" else "auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(dev) if isinstance(dev, str) else None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or (hw.backend == "processes" and dev not in ("cpu", "cuda")):
+        raise ConfigError(f"hardware.device {dev!r} is unknown for hardware={name}: use {words}")
+    if device.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have == 0:
+            raise ConfigError(f"hardware.device {dev!r} (hardware={name}) needs a CUDA GPU but none is visible: use hardware=cpu or hardware=local")
+        if device.index is not None and device.index >= have:
+            raise ConfigError(f"hardware.device {dev!r} does not exist: {have} GPU(s) are visible (cuda:0 to cuda:{have - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"hardware.device {dev!r} is not available on this machine: use cpu")
+    if hw.backend == "processes":
+        if hw.get("dist_backend") == "auto":  # an explicit device under hardware=auto
+            hw.dist_backend = "nccl" if device.type == "cuda" else "gloo"
+        if hw.get("name") == "auto":
+            hw.name = "gpu" if device.type == "cuda" else "cpu"
+        db = hw.get("dist_backend")
+        if db not in ("gloo", "nccl"):
+            raise ConfigError(f"hardware.dist_backend {db!r} is unknown: use gloo, nccl or auto")
+        if db == "nccl" and device.type != "cuda":
+            raise ConfigError(f"hardware.dist_backend 'nccl' needs hardware.device=cuda (it is {dev!r}): use gloo on CPUs")
+
+
+def world_size(cfg: DictConfig, num_cores: int, core_key: str = "algo.num_cores") -> int:
+    """Processes the backend starts (one core per process); ``core_key`` is what the user set."""
     hw = cfg.hardware
     if hw.backend == "local":
         return 1
     ngpu = cfg.get("ngpu", 1)
-    if isinstance(ngpu, bool) or not isinstance(ngpu, int) or ngpu < 1:
-        raise ConfigError(f"ngpu {ngpu!r} is invalid: it must be an integer >= 1")
     if num_cores > ngpu:
         raise ConfigError(
             f"algo.num_cores {num_cores} is more than hardware={hw.name} can provide with ngpu={ngpu} "
@@ -165,12 +355,39 @@ def world_size(cfg: DictConfig, num_cores: int) -> int:
 
         have = torch.cuda.device_count()
         if num_cores > have:
-            raise ConfigError(f"algo.num_cores {num_cores} needs {num_cores} GPUs but {have} are visible")
+            raise ConfigError(f"{core_key} {num_cores} needs {num_cores} GPUs (one per core) but {have} are visible: use {core_key} <= {have}")
+    elif num_cores > MAX_CPU_PROCESSES:
+        raise ConfigError(
+            f"{core_key} {num_cores} is too many CPU processes for hardware={hw.name}: it accepts 1 to {MAX_CPU_PROCESSES} "
+            f"(one process per core); use hardware=local or hardware=batched for more cores"
+        )
     return num_cores
 
 
-def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = True) -> RunSpec:
-    """Check the whole config; raise ConfigError naming the first bad value."""
+def _cores_vs_steps(core_key: str, k: int, n: int, typed: Collection[str]) -> str:
+    """CHORDS needs one grid index per core (K <= N); name whichever of the two the user typed."""
+    if "model.num_inference_steps" in typed and not typed & {core_key, "algo.num_cores", "ngpu"}:
+        return (f"model.num_inference_steps {n} is too small for {k} cores ({core_key}={k}): algo=chords accepts "
+                f"{k} to {MAX_STEPS} steps (one grid index per core); raise it or lower {core_key}")
+    return (f"{core_key} {k} is too many cores for model.num_inference_steps={n}: algo=chords accepts "
+            f"{core_key} from 1 to {n} (one grid index per core); lower it or raise model.num_inference_steps")
+
+
+def _follows_ngpu(cfg: DictConfig) -> bool:
+    algo = cfg.get("algo")
+    if not isinstance(algo, DictConfig) or "num_cores" not in algo:
+        return False
+    return OmegaConf.to_container(algo, resolve=False).get("num_cores") == "${ngpu}"
+
+
+def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = True, typed: Collection[str] = ()) -> RunSpec:
+    """Check the whole config; raise ConfigError naming the first bad value.
+
+    ``typed``: the keys the user set on the command line; where two settings conflict, the
+    message leads with the one the user typed.
+    """
+    typed = set(typed)
+    core_key = "ngpu" if _follows_ngpu(cfg) else "algo.num_cores"
     try:
         OmegaConf.resolve(cfg)
     except Exception as e:  # interpolation errors
@@ -178,20 +395,24 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     for group in ("model", "algo", "hardware"):
         if not isinstance(cfg.get(group), DictConfig):
             raise ConfigError(f"config group {group!r} is missing: choose one of {', '.join(_group_options(group))}")
+    check_settings(cfg, core_key)
+    if check_output:
+        check_writable(cfg.output_base_path)
     hw = cfg.hardware
     resolve_hardware(hw)
     if hw.get("backend") not in BACKENDS:
         raise ConfigError(f"hardware.backend {hw.get('backend')!r} is unknown: use one of {', '.join(BACKENDS)}")
     if hw.get("backend") == "local" and hw.get("mode", "loop") not in ("loop", "batched"):
         raise ConfigError(f"hardware.mode {hw.get('mode')!r} is invalid: use loop or batched")
-    for key in ("timeout_s", "load_timeout_s"):
-        if key in hw and not (isinstance(hw[key], (int, float)) and hw[key] > 0):
-            raise ConfigError(f"hardware.{key} {hw[key]!r} is invalid: it must be a number of seconds > 0")
-    threads = hw.get("threads_per_process", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ConfigError(f"hardware.threads_per_process {threads!r} is invalid: it must be an integer >= 0 (0 = torch's default)")
+    check_device(hw)
 
     model = cfg.model
+    pixels = model.get("height", 1) * model.get("width", 1) * model.get("num_frames", 1)
+    if pixels > MAX_PIXELS:
+        raise ConfigError(
+            f"model.height x model.width x model.num_frames = {pixels} pixels per sample is too large: "
+            f"at most {MAX_PIXELS} (2^28) are accepted"
+        )
     try:
         adapter_cls = load_adapter_class(model.get("adapter"))
     except ValueError as e:
@@ -202,14 +423,10 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     precision = step_precision_problem(model.get("step_precision", "model"))
     if precision:
         raise ConfigError(precision)
-    n = model.get("num_inference_steps")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"model.num_inference_steps {n!r} is invalid: it must be an integer >= 1")
-    seed = model.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"model.seed {seed!r} is invalid: it must be an integer >= 0")
-
+    n = int(model.num_inference_steps)
     algorithm, stop = build_algorithm(cfg.algo)
+    if cfg.algo.algo_name == "chords" and algorithm.num_cores > n:
+        raise ConfigError(_cores_vs_steps(core_key, algorithm.num_cores, n, typed))
     try:
         algorithm.check(n)
         if stop is not None:
@@ -218,10 +435,8 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
         msg = str(e)
         raise ConfigError(msg if msg.startswith(("stop", "residual")) else f"algo.{msg}") from None
 
-    ws = world_size(cfg, algorithm.num_cores)
+    ws = world_size(cfg, algorithm.num_cores, core_key)
     prompts = read_prompts(cfg.prompt_file)
-    if check_output:
-        check_writable(cfg.output_base_path)
     missing = adapter_cls.missing_weights(model) if check_weights else None
     if missing:
         raise ConfigError(missing)
@@ -229,6 +444,94 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
 
 
 # --------------------------------------------------------------------------- command line
+
+#: Hydra's own flags (``python run_image_mp.py --help``); the value is how many arguments follow
+_HYDRA_FLAGS: dict[str, int] = {
+    "-h": 0, "--help": 0, "--hydra-help": 0, "--version": 0, "--resolve": 0, "-r": 0, "--run": 0,
+    "-m": 0, "--multirun": 0, "-sc": 0, "--shell-completion": 0, "-c": 1, "--cfg": 1, "-p": 1, "--package": 1,
+    "-cp": 1, "--config-path": 1, "-cn": 1, "--config-name": 1, "-cd": 1, "--config-dir": 1,
+    "--experimental-rerun": 1, "-i": -1, "--info": -1,
+}
+_INFO_WORDS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+INFORMATIONAL = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, Hydra flags) of a command line; an unknown flag is a ConfigError."""
+    overrides: list[str] = []
+    flags: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            overrides.append(arg)
+            continue
+        name, eq, _ = arg.partition("=")
+        takes = _HYDRA_FLAGS.get(name)
+        if takes is None:
+            accepted = "-m/--multirun, -c/--cfg, --info, -h/--help, --hydra-help, -cn/-cp/-cd"
+            raise ConfigError(f"unknown option {arg!r}: accepted options are {accepted}; settings are key=value overrides (see --help)")
+        flags.append(arg)
+        optional = takes == -1 and i < len(argv) and argv[i] in _INFO_WORDS
+        if not eq and (takes == 1 or optional) and i < len(argv):
+            flags.append(argv[i])
+            i += 1
+    return overrides, flags
+
+
+def _typed_keys(job: list[str]) -> set[str]:
+    return {o.lstrip("+~").partition("=")[0] for o in job}
+
+
+def _group_choice_problem(job: list[str]) -> str | None:
+    """``model=nope``, ``+experiment=nosuchexp``: a config group option that has no file."""
+    for o in job:
+        key, eq, value = o.lstrip("+~").partition("=")
+        group = key.partition("@")[0]
+        if group not in GROUPS or not eq or (group == "experiment" and value == "null"):
+            continue
+        if not (CONFIG_DIR / group / f"{value}.yaml").is_file():
+            options = _group_options(group) if (CONFIG_DIR / group).is_dir() else []
+            accepted = f"choose one of {', '.join(options)}" if options else f"there are no {group} configs in configs/{group}/"
+            return f"{group}={value!r} is unknown: {accepted}"
+    return None
+
+
+def nearest_key(key: str, keys: Collection[str]) -> str | None:
+    """The valid key closest to a mistyped one: same last part, else difflib's best match."""
+    leaf = key.rpartition(".")[2]
+    same_leaf = sorted((k for k in keys if k.rpartition(".")[2] == leaf), key=len)
+    if same_leaf:
+        return same_leaf[0]
+    close = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    by_leaf = {k.rpartition(".")[2]: k for k in sorted(keys, key=len, reverse=True)}
+    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.7)
+    return by_leaf[close[0]] if close else None
+
+
+def _unknown_key_problem(job: list[str], config_name: str) -> str | None:
+    """The first override that sets a key the composed config does not have, with the nearest valid key."""
+    from hydra import compose
+
+    choices = [o for o in job if o.lstrip("+~").partition("=")[0].partition("@")[0] in GROUPS]
+    try:
+        base = compose(config_name=config_name, overrides=choices)
+    except Exception:  # the choices themselves are the problem; the caller reports Hydra's words
+        return None
+    keys = {k for k, _ in _leaves(OmegaConf.to_container(base, resolve=False))}
+    for o in job:
+        if o.startswith("+") or o in choices:
+            continue
+        key = o.lstrip("~").partition("=")[0]
+        if key in keys:
+            continue
+        near = nearest_key(key, keys)
+        hint = f"did you mean {near}?" if near else "see docs/config_ranges.md for the settings"
+        return f"unknown key {key!r} in {o!r}: {hint}"
+    return None
 
 
 def expand_overrides(overrides: list[str]) -> list[list[str]]:
@@ -252,24 +555,20 @@ def precheck_argv(argv: list[str], config_name: str = "base") -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
+    overrides, _ = split_argv(argv)
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         jobs = expand_overrides(overrides)
     except HydraException as e:
         raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         for job in jobs:
+            problem = _group_choice_problem(job)
+            if problem:
+                raise ConfigError(problem)
             try:
                 cfg = compose(config_name=config_name, overrides=job)
             except (HydraException, OmegaConfBaseException) as e:
-                raise ConfigError(_explain_compose_error(e, job)) from None
-            validate(cfg)
-
-
-def _explain_compose_error(e: Exception, job: list[str]) -> str:
-    text = str(e).splitlines()[0]
-    for o in job:
-        key, _, value = o.lstrip("+~").partition("=")
-        if key in ("model", "algo", "hardware", "experiment") and not (CONFIG_DIR / key / f"{value}.yaml").exists():
-            return f"{key}={value!r} is unknown: choose one of {', '.join(_group_options(key))}"
-    return f"config cannot be composed: {text}"
+                problem = _unknown_key_problem(job, config_name)
+                raise ConfigError(problem or f"config cannot be composed: {str(e).splitlines()[0]}") from None
+            validate(cfg, typed=_typed_keys(job))

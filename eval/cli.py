@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,18 +79,15 @@ def _names(cfg: dict, key: str, accepted: Sequence[str]) -> list[str]:
 
 
 def _check_writable(out: Path) -> None:
-    p = out
-    if p.exists():
-        if not p.is_dir():
-            raise UsageError(f"out={out} exists and is not a folder; give a folder to write the tables and figures to")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise UsageError(f"out={out} is not writable; give a folder you can write to")
-        return
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"out={out} cannot be created ({parent} is not a writable folder); give a folder you can write to")
+    """A probe file can be created and removed there (``os.access`` says yes to root even in /proc)."""
+    from chords.paths import writable_problem
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out={out} exists and is not a folder; give a folder to write the tables and figures to")
+    problem = writable_problem(out)
+    if problem:
+        state = "is not writable" if out.exists() else "cannot be created"
+        raise UsageError(f"out={out} {state} ({problem}); give a folder you can write to")
 
 
 def validate(cfg: dict) -> dict:

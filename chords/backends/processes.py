@@ -6,7 +6,10 @@ workers that hold only the denoiser (``role="denoiser"``).
 
 Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in order):
 
-* start-up: worker r loads its adapter and sends ``[r]`` (``[-1]`` if loading failed).
+* start-up: worker r loads its adapter and reports ``"ok"`` (or its error) on a pipe; rank 0
+  polls those pipes and the process handles, so a worker that dies or fails while loading is
+  reported at once by rank, one that hangs after ``load_timeout_s``. Only then do the ranks
+  join the process group (rank 0 joins from a helper thread, still polling).
 * ``COND`` (once per prompt): header ``[COND, 0, 0, 0]`` then ``send_object_list([cond, shape,
   dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
 * ``EVAL`` (per round, only to ranks 1..B-1): header ``[EVAL, grid index, state dtype, reply
@@ -23,19 +26,32 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
 * ``STOP``: header ``[STOP, 0, 0, 0]``; the worker leaves its loop and exits.
 
 Rank 0 waits on every reply with a timeout; a worker that died or stopped answering raises
-:class:`WorkerError` naming its rank, and :meth:`close` leaves no process behind. The same
+:class:`WorkerError` naming its rank, and :meth:`close` leaves no process behind.
+
+No orphans, no noise: workers die with rank 0 (``PR_SET_PDEATHSIG`` on Linux, and a thread
+polling ``os.getppid`` everywhere), ignore SIGINT (a terminal's Ctrl-C reaches the whole
+process group; rank 0 alone decides), and while the backend is open a stop signal to rank 0
+(SIGINT, SIGTERM, SIGHUP) terminates the workers at once through ``signal.set_wakeup_fd``,
+even while rank 0's main thread is blocked inside a collective. The same
 protocol runs on GPUs with ``dist_backend="nccl"`` and ``device_type="cuda"`` (rank r on
 ``cuda:r``), or across nodes with an external launcher providing the rendezvous.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Mapping
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection, wait
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -50,6 +66,9 @@ STOP, EVAL, COND = 0, 1, 2
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
+_POLL_S = 0.2  # how often rank 0 looks at the workers while they start
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 class WorkerError(RuntimeError):
@@ -66,6 +85,59 @@ def _device(device_type: str, rank: int) -> torch.device:
     return torch.device(f"cuda:{rank}") if device_type == "cuda" else torch.device("cpu")
 
 
+def die_with_parent(parent_pid: int, use_pdeathsig: bool = True) -> None:
+    """End this process when ``parent_pid`` (rank 0) dies, whatever way it dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; it fires when the parent *thread* that
+    spawned us exits, so the caller passes ``use_pdeathsig`` only when that was the main
+    thread. Everywhere: a daemon thread polls ``os.getppid()`` once a second (a dead parent
+    re-parents us), which also covers a parent that died before the ``prctl``.
+    """
+    if use_pdeathsig and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="chords-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _starting_child() -> Iterator[None]:
+    """Around ``Process.start()`` and the record of the new process: no stop signal lands in between.
+
+    A signal raised between the fork and that record would leave a child nobody terminates.
+    SIGINT is blocked: it stays pending, and the child inherits the mask, so a terminal's
+    Ctrl-C does not become a traceback in each worker while it imports torch (it then ignores
+    SIGINT for good). SIGTERM and SIGHUP are recorded and raised again afterwards instead (a
+    blocked SIGTERM would be inherited too, and would keep the child from being terminated
+    while it imports). Outside the main thread there is nothing to do: signals go to the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    deferred = (signal.SIGTERM, signal.SIGHUP)
+    handlers = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in deferred}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT is raised here
+        for sig in caught:
+            signal.raise_signal(sig)
+
+
 def _worker_main(
     rank: int,
     world_size: int,
@@ -75,24 +147,31 @@ def _worker_main(
     device_type: str,
     dist_backend: str,
     threads: int,
+    ready: Connection,
+    parent_pid: int,
+    use_pdeathsig: bool,
 ) -> None:
+    # SIGINT was blocked when rank 0 spawned us (so a Ctrl-C during our imports is no traceback);
+    # ignore it for good: rank 0 alone handles Ctrl-C and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    die_with_parent(parent_pid, use_pdeathsig)
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(message)s", stream=sys.stderr)
     if threads > 0:
         torch.set_num_threads(threads)
     device = _device(device_type, rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        adapter = load_adapter_class(adapter_path)(model_cfg, device, "denoiser")
+    except Exception as e:  # reported to rank 0, which names this rank
+        traceback.print_exc()
+        ready.send(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
+        sys.exit(1)
+    ready.send("ok")
+    ready.close()
     dist.init_process_group(dist_backend, init_method=init_method, rank=rank, world_size=world_size, timeout=_IDLE_TIMEOUT)
     comm = torch.device("cpu") if dist_backend == "gloo" else device
-    try:
-        adapter = load_adapter_class(adapter_path)(model_cfg, device, "denoiser")
-        ok = True
-    except Exception:  # reported to rank 0, which names this rank
-        traceback.print_exc()
-        ok = False
-    dist.send(torch.tensor([rank if ok else -1], dtype=torch.long, device=comm), 0)
-    if not ok:
-        sys.exit(1)
 
     header = torch.zeros(4, dtype=torch.long, device=comm)
     cond: Mapping[str, Tensor] = {}
@@ -119,6 +198,78 @@ def _worker_main(
             v = adapter.velocity(x[None].to(device), torch.tensor([idx], device=device), cond)[0]
             dist.send(v.to(comm, reply_dtype).contiguous(), 0)
     dist.destroy_process_group()
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused")
+
+
+def _worker_entry(*args: Any) -> None:
+    """The worker process's target: :func:`_worker_main`, quiet when rank 0 has gone away.
+
+    A worker talks only to rank 0. When rank 0 gives up (a hung peer, a signal, a crash) it
+    drops its connections before every worker has been terminated; the resulting "connection
+    closed" in a worker is a consequence, not news, and rank 0 reports the cause by rank. Any
+    other exception keeps its traceback.
+    """
+    try:
+        _worker_main(*args)
+    except RuntimeError as e:
+        if any(phrase in str(e) for phrase in _PEER_GONE):
+            sys.stderr.flush()
+            os._exit(1)
+        raise
+
+
+class _StopOnSignal:
+    """While open, a stop signal to this process terminates ``procs`` at once.
+
+    Python runs signal handlers only when the main thread executes bytecode; while it is
+    blocked inside a gloo/NCCL wait, a Ctrl-C would wait for that call's timeout. The C-level
+    handler still writes the signal number to ``signal.set_wakeup_fd``: this thread reads it
+    and terminates the workers, the blocked wait fails at once, and the main thread's handler
+    (KeyboardInterrupt, or the CLI's ``Interrupted``) unwinds as usual. Bytes are passed on to
+    a wakeup fd installed before. A no-op outside the main thread.
+    """
+
+    def __init__(self, procs: list[mp.Process]):
+        self.procs = procs
+        self._fds: tuple[int, int] | None = None
+        self._previous = -1
+        if threading.current_thread() is not threading.main_thread():
+            return
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self._previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._fds = (r, w)
+        threading.Thread(target=self._run, args=(r,), name="chords-stop-on-signal", daemon=True).start()
+
+    def _run(self, r: int) -> None:
+        try:
+            while data := os.read(r, 64):
+                self._forward(data)
+        except OSError:
+            pass
+        finally:
+            os.close(r)
+
+    def _forward(self, data: bytes) -> None:
+        if self._previous >= 0:
+            try:
+                os.write(self._previous, data)
+            except OSError:
+                pass
+        if any(b in _STOP_SIGNALS for b in data):
+            for p in self.procs:
+                p.terminate()
+
+    def close(self) -> None:
+        if self._fds is None:
+            return
+        w = self._fds[1]
+        self._fds = None
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._previous)
+        os.close(w)  # the reader sees end-of-file, closes its end and returns
 
 
 class ProcessBackend:
@@ -156,30 +307,105 @@ class ProcessBackend:
         self._reply_dtype: dict[torch.dtype, torch.dtype] = {}
         self._last_reply: torch.dtype | None = None
         self._closed = False
+        self._lock = threading.Lock()
+        self._stop_watch: _StopOnSignal | None = None
         if world_size == 1:
             return
+        name = model_cfg.get("model_name")
         init_method = f"tcp://127.0.0.1:{_free_port()}"
-        ctx = mp.get_context("spawn")
-        for rank in range(1, world_size):
-            p = ctx.Process(
-                target=_worker_main,
-                args=(rank, world_size, init_method, adapter_path, dict(model_cfg), device_type, dist_backend, threads_per_process),
-                daemon=True,
-                name=f"chords-rank{rank}",
-            )
-            p.start()
-            self.procs.append(p)
         try:
-            dist.init_process_group(dist_backend, init_method=init_method, rank=0, world_size=world_size, timeout=timedelta(seconds=load_timeout_s))
-            for rank in range(1, world_size):
-                status = torch.zeros(1, dtype=torch.long, device=self.comm)
-                self._wait(dist.irecv(status, rank), rank, timedelta(seconds=load_timeout_s), "load its model")
-                if int(status) != rank:
-                    raise WorkerError(f"worker rank {rank} failed to load model {model_cfg.get('model_name')!r} (its traceback is above)")
+            self._stop_watch = _StopOnSignal(self.procs)
+            readers = self._spawn(init_method, adapter_path, model_cfg, device_type, threads_per_process)
+            self._await_loaded(readers, load_timeout_s, name)
+            self._join_group(init_method, load_timeout_s)
         except BaseException:
             self.close(error=True)
             raise
         log.info("started %d worker process(es)", world_size - 1)
+
+    # ---------------------------------------------------------------- start-up
+    def _spawn(self, init_method: str, adapter_path: str, model_cfg: Mapping[str, Any], device_type: str, threads: int) -> dict[Connection, int]:
+        """Start ranks 1..W-1; returns the read end of each one's ready pipe."""
+        ctx = mp.get_context("spawn")
+        main_thread = threading.current_thread() is threading.main_thread()
+        # start multiprocessing's resource tracker now: starting it unblocks SIGINT in this thread
+        # (multiprocessing.resource_tracker.ensure_running), which would undo _starting_child below
+        resource_tracker.ensure_running()
+        readers: dict[Connection, int] = {}
+        for rank in range(1, self.world_size):
+            reader, writer = ctx.Pipe(duplex=False)
+            p = ctx.Process(
+                target=_worker_entry,
+                args=(rank, self.world_size, init_method, str(adapter_path), dict(model_cfg), device_type, self.dist_backend,
+                      threads, writer, os.getpid(), main_thread),
+                daemon=True,
+                name=f"chords-rank{rank}",
+            )
+            with _starting_child():
+                p.start()
+                self.procs.append(p)
+            writer.close()
+            readers[reader] = rank
+        return readers
+
+    def _await_loaded(self, readers: dict[Connection, int], load_timeout_s: float, name: Any) -> None:
+        """Wait for every worker's "ok", watching the processes: a death or an error is reported at once."""
+        deadline = time.monotonic() + load_timeout_s
+        pending = dict(readers)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                rank = min(pending.values())
+                raise WorkerError(f"worker rank {rank} did not load model {name!r} within {load_timeout_s:g}s "
+                                  f"(hardware.load_timeout_s; it {self._describe(rank)})")
+            sentinels = {self.procs[r - 1].sentinel: conn for conn, r in pending.items()}
+            for obj in wait([*pending, *sentinels], timeout=min(left, _POLL_S)):
+                conn = sentinels.get(obj, obj)
+                if conn not in pending:
+                    continue
+                rank = pending.pop(conn)
+                msg = None
+                try:
+                    msg = conn.recv() if conn.poll() else None
+                except (EOFError, OSError):
+                    pass
+                conn.close()
+                if msg == "ok":
+                    continue
+                if not msg:  # its end of the pipe closed: it is exiting; let it finish so that its code is known
+                    self.procs[rank - 1].join(timeout=2)
+                why = f"failed to load model {name!r}: {msg} (its traceback is above)" if msg else \
+                    f"died while loading model {name!r} (it {self._describe(rank)})"
+                raise WorkerError(f"worker rank {rank} {why}")
+
+    def _join_group(self, init_method: str, timeout_s: float) -> None:
+        """Rank 0 joins the process group from a helper thread; this thread keeps watching the workers."""
+        outcome: list[BaseException | None] = []
+
+        def join() -> None:
+            try:
+                dist.init_process_group(self.dist_backend, init_method=init_method, rank=0, world_size=self.world_size,
+                                        timeout=timedelta(seconds=timeout_s))
+            except BaseException as e:  # handed to the main thread
+                outcome.append(e)
+                return
+            with self._lock:
+                if self._closed:  # given up on while joining: leave nothing initialised
+                    dist.destroy_process_group()
+            outcome.append(None)
+
+        thread = threading.Thread(target=join, name="chords-rendezvous", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + self.timeout.total_seconds()
+        while thread.is_alive():
+            thread.join(_POLL_S)
+            for rank, p in enumerate(self.procs, start=1):
+                if p.exitcode is not None:
+                    raise WorkerError(f"worker rank {rank} died while joining the process group (it {self._describe(rank)})")
+            if thread.is_alive() and time.monotonic() > deadline:
+                raise WorkerError(f"the workers did not join the process group within {self.timeout.total_seconds():g}s (hardware.timeout_s)")
+        if outcome and outcome[0] is not None:
+            raise WorkerError(f"the process group did not start: {str(outcome[0]).splitlines()[0]}")
 
     # ---------------------------------------------------------------- helpers
     def _describe(self, rank: int) -> str:
@@ -245,9 +471,23 @@ class ProcessBackend:
         return torch.cat([v0, torch.stack(outs).to(v0.device)])
 
     def close(self, error: bool = False) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._stop_workers(error)
+        finally:
+            if self._stop_watch is not None:
+                self._stop_watch.close()
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a peer already gone; nothing left to release
+                pass
+
+    def _stop_workers(self, error: bool) -> None:
+        """STOP each worker (after a clean run), else terminate; then SIGKILL whatever is left."""
         if not self.procs:
             return
         if not error:
@@ -257,20 +497,16 @@ class ProcessBackend:
                         self._wait(self._send_header(rank, STOP), rank, timedelta(seconds=10), "stop")
             except WorkerError:
                 error = True
-        for p in self.procs:
-            p.join(timeout=0 if error else 10)
-        for p in self.procs:
-            if p.is_alive():
+        if error:
+            for p in self.procs:
                 p.terminate()
-                p.join(timeout=5)
+        deadline = time.monotonic() + (5 if error else 10)
+        for p in self.procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # a peer already gone; nothing left to release
-                pass
 
     def __enter__(self):
         return self
