@@ -7,7 +7,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,6 +172,22 @@ class FolderLock:
         return self._fd is not None
 
 
+_STOP_SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back stop signals (delivered right after the block) where the platform allows it."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextmanager
 def atomic_folder(folder: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes ``folder`` in one rename.
@@ -188,8 +206,9 @@ def atomic_folder(folder: Path, overwrite: bool = False) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
             old = folder.with_name(f"{folder.name}.tmp-old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
+            with _signals_held():  # a stop signal between the two renames would lose both copies
+                os.replace(folder, old)
+                os.replace(tmp, folder)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, folder)
