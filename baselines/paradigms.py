@@ -68,6 +68,9 @@ class ParaDIGMS:
       on DDIM grids whose final alpha-bar is 1 also ``N - 1`` (the posterior variance of the
       step onto clean data is 0). The last position never moves the window (reaching it means
       every earlier position was accepted, and the start becomes ``N`` either way);
+    * an error that is NaN (an iterate that blew up, ``inf - inf``) is never within tolerance;
+      diffusers' ``error > tolerance`` test lets it through and returns NaN latents. The two
+      agree whenever the errors are finite;
     * "samples" are the entries of the state's first dimension (the model's batch, one per
       latent of a prompt, as ``S`` includes it); a state of at most one dimension is one sample.
 
@@ -152,8 +155,8 @@ class ParaDIGMS:
                 if variance[j] > 0:
                     error = change / variance[j]
                 else:  # infinite scale: only "no change" is within tolerance
-                    error = math.inf if change > 0 else 0.0
-                if error > tol2:
+                    error = 0.0 if change == 0 else math.inf
+                if not error <= tol2:  # a NaN error is never within tolerance (diffusers' `error > tol` lets it through)
                     break
                 accepted += 1
             buf[b + 1 : e + 1] = new

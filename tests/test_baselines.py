@@ -554,3 +554,13 @@ def test_srds_properties(k, n, data, tol, name):
         if last == nb:
             assert max_err(res.output, prob.sequential()) <= 1e-12
             assert res.rounds >= n
+
+
+@pytest.mark.parametrize("tol", [0.5, 0.1])
+def test_paradigms_never_accepts_a_nan_error(tol):
+    """x' = x^3 blows up from a sloppy Picard iterate; the NaN it leaves must not be accepted
+    (hypothesis found k=10, n=21, tol=0.5 returning a NaN latent)."""
+    prob = nonlinear_ode(21)
+    res = sample(ParaDIGMS(10, tol), prob.oracle(10), prob.x0, prob.step, 21)
+    assert torch.isfinite(res.output).all()
+    assert max_err(res.output, prob.sequential()) < 0.2
