@@ -33,3 +33,15 @@ def cli_env() -> dict[str, str]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# Property tests draw the same examples on every machine and every run (a CI failure is
+# reproducible, and a pass is not luck of the draw); set HYPOTHESIS_PROFILE=explore to search anew.
+try:
+    from hypothesis import settings as _hsettings
+
+    _hsettings.register_profile("deterministic", derandomize=True, print_blob=True)
+    _hsettings.register_profile("explore", derandomize=False, print_blob=True)
+    _hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+except ImportError:  # pragma: no cover - hypothesis is in requirements.txt
+    pass
