@@ -224,33 +224,77 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
 # --------------------------------------------------------------------------- command line
 
 
-def expand_overrides(overrides: list[str]) -> list[list[str]]:
-    """Every job's override list, with multirun sweeps (a,b / range(...) / choice) expanded."""
+def expand_overrides(overrides: list[str], config_name: str | None = None, multirun: bool = True) -> list[list[str]]:
+    """Every job's override list, as Hydra's basic sweeper launches them.
+
+    Command-line sweeps (``a,b`` / ``range(...)`` / ``choice``) are expanded. With ``config_name``
+    the sweep an experiment holds is expanded too, as Hydra does it in a multirun: the config is
+    composed from the command line's non-sweep overrides (Hydra's master config, so
+    ``+experiment=table1`` is in and ``+experiment=a,b`` is not), its ``hydra.sweeper.params``
+    come first and a command-line override of the same key replaces that parameter
+    (``+experiment=table2 model=digits``); the product is taken by Hydra's own
+    ``BasicSweeper.split_arguments``. Without ``multirun`` (no ``-m``) Hydra runs one job and
+    ignores the experiment's sweep, which is refused here: it would silently run the defaults.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
-            choices.append([o.input_line])
-    return [list(combo) for combo in itertools.product(*choices)]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    params: list[str] = []
+    if config_name is not None:
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        sweep = _sweeper_params(fixed, config_name)
+        if sweep and not multirun:
+            exp = next((o for o in fixed if o.lstrip("+~").startswith("experiment=")), "the config")
+            raise ConfigError(f"{exp} holds a sweep (hydra.sweeper.params: {', '.join(sweep)}): run it with -m (multirun)")
+        params = [f"{k}={v}" for k, v in sweep.items()]
+    if not params:
+        choices = []
+        for o in parsed:
+            if o.is_sweep_override():
+                key = o.get_key_element()
+                choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            else:
+                choices.append([o.input_line])
+        return [list(combo) for combo in itertools.product(*choices)]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + list(overrides)), None)
+    return [list(job) for job in jobs]
+
+
+def _sweeper_params(overrides: list[str], config_name: str) -> dict[str, str]:
+    """``hydra.sweeper.params`` of the config these (non-sweep) overrides compose, as strings."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def params() -> dict[str, str]:
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        node = OmegaConf.select(cfg, "hydra.sweeper.params")
+        if not node:
+            return {}
+        return {str(k): str(v) for k, v in OmegaConf.to_container(node, resolve=False).items()}
+
+    if GlobalHydra.instance().is_initialized():
+        return params()
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        return params()
 
 
 def precheck_argv(argv: list[str], config_name: str = "base") -> None:
     """Validate what ``run_*_mp.py argv`` would run; raise ConfigError on the first problem."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
-    try:
-        jobs = expand_overrides(overrides)
-    except HydraException as e:
-        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        try:
+            jobs = expand_overrides(overrides, config_name, multirun)
+        except OverrideParseException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(_explain_compose_error(e, overrides)) from None
         for job in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=job)
@@ -265,4 +309,6 @@ def _explain_compose_error(e: Exception, job: list[str]) -> str:
         key, _, value = o.lstrip("+~").partition("=")
         if key in ("model", "algo", "hardware", "experiment") and not (CONFIG_DIR / key / f"{value}.yaml").exists():
             return f"{key}={value!r} is unknown: choose one of {', '.join(_group_options(key))}"
+        if key == "experiment" and not o.startswith("+"):
+            return f"{o!r}: experiments are added to the config, write +experiment={value}"
     return f"config cannot be composed: {text}"
