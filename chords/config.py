@@ -8,6 +8,7 @@ model load, a process spawn or Hydra's own output folders.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,27 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ConfigError(f"prompt_file {str(path)!r} is empty: it needs at least one non-blank line (one prompt per line)")
-    return prompts
+    distinct = list(dict.fromkeys(prompts))
+    if len(distinct) < len(prompts):
+        _report_duplicates(p, prompts, distinct)
+    return distinct
+
+
+_DUPLICATES_REPORTED: set[tuple[str, int]] = set()
+
+
+def _report_duplicates(path: Path, prompts: list[str], distinct: list[str]) -> None:
+    """One log line per prompt file (and process): how many lines repeat a prompt, which ones."""
+    key = (str(path.resolve()), hash(tuple(prompts)))
+    if key in _DUPLICATES_REPORTED:
+        return
+    _DUPLICATES_REPORTED.add(key)
+    counts = {p: prompts.count(p) for p in distinct}
+    repeated = [(p, c) for p, c in counts.items() if c > 1]
+    shown = "; ".join(f"{p[:40]!r} x{c}" for p, c in repeated[:3]) + ("; ..." if len(repeated) > 3 else "")
+    logging.getLogger("chords").warning(
+        "prompt_file %s: %d lines, %d distinct prompts (%d repeated: %s); each distinct prompt is sampled once per seed",
+        path, len(prompts), len(distinct), len(repeated), shown)
 
 
 def check_writable(path: str | os.PathLike, what: str = "output_base_path") -> None:

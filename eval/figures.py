@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .metrics import DISTANCES  # noqa: E402
@@ -166,15 +167,18 @@ def figure5(data: pd.DataFrame, distance: str, reference: str, out: Path, format
 
 
 
-def _err(frame: pd.DataFrame, col: str, scale: float = 1.0):
-    """Asymmetric error bars from ``{col}_lo`` / ``{col}_hi`` (None when absent)."""
+def _err(frame: pd.DataFrame, col: str, scale: float = 1.0, positive: bool = False):
+    """Asymmetric error bars from ``{col}_lo`` / ``{col}_hi`` (None when absent); ``positive``
+    keeps the lower end above 0 (a t-interval of a few RMSEs can reach below 0, a log axis cannot)."""
     if f"{col}_lo" not in frame or f"{col}_hi" not in frame:
         return None
-    v = frame[col].to_numpy(dtype=float)
-    lo = (v - frame[f"{col}_lo"].to_numpy(dtype=float)) * scale
-    hi = (frame[f"{col}_hi"].to_numpy(dtype=float) - v) * scale
+    v = frame[col].to_numpy(dtype=float) * scale
+    lo = v - frame[f"{col}_lo"].to_numpy(dtype=float) * scale
+    hi = frame[f"{col}_hi"].to_numpy(dtype=float) * scale - v
     lo[~pd.notna(lo)] = 0
     hi[~pd.notna(hi)] = 0
+    if positive:
+        lo = np.minimum(lo, 0.9 * np.abs(v))
     return [lo, hi]
 
 
@@ -202,7 +206,8 @@ def tradeoff(summary: pd.DataFrame, whatif: pd.DataFrame | None, steps: dict[str
                     c = m[m["num_cores"] == k]
                     if c.empty or not c[col].notna().any():
                         continue
-                    ax.errorbar(c["speedup"], c[col] * scale, xerr=_err(c, "speedup"), yerr=_err(c, col, scale),
+                    ax.errorbar(c["speedup"], c[col] * scale, xerr=_err(c, "speedup"),
+                                yerr=_err(c, col, scale, positive=col == "latent_rmse"),
                                 fmt=markers[mi % len(markers)], color=colors[k], ms=7, capsize=2,
                                 label=f"{method} K={k}")
             if col == "latent_rmse" and whatif is not None and not whatif.empty:
@@ -216,7 +221,12 @@ def tradeoff(summary: pd.DataFrame, whatif: pd.DataFrame | None, steps: dict[str
             if col != "latent_rmse" and len(seq) and pd.notna(seq[col].iloc[0]):
                 ax.axhline(float(seq[col].iloc[0]) * scale, color="gray", ls="--", lw=1, label="Sequential")
             if col == "latent_rmse":
-                ax.set_yscale("symlog", linthresh=1e-6)
+                ys = [y for ln in ax.get_lines() for y in ln.get_ydata() if y == y]
+                if ys and min(ys) > 0:
+                    ax.set_yscale("log")
+                else:
+                    pos = [y for y in ys if y > 0]
+                    ax.set_yscale("symlog", linthresh=min(pos) if pos else 1e-6)
             ax.set_xlabel("Speedup (sequential rounds / rounds)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)

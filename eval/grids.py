@@ -120,7 +120,8 @@ def _media(run: Run, kind: str, problems: Problems) -> Path | None:
 
 def _image_grid(model: str, k: int, n: int, rows, refs, out: Path, problems: Problems) -> list[Path]:
     methods = sorted({r.method for _, _, cols in rows for r in cols}, key=method_sort_key)
-    fig, axes = plt.subplots(len(rows), len(methods), figsize=(2.2 * len(methods), 2.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(methods), figsize=(2.2 * len(methods), 2.6 * len(rows)), squeeze=False,
+                             layout="constrained")
     for i, (prompt, seed, cols) in enumerate(rows):
         by = {r.method: r for r in cols}
         for j, method in enumerate(methods):
@@ -136,7 +137,6 @@ def _image_grid(model: str, k: int, n: int, rows, refs, out: Path, problems: Pro
             _tile(axes[i][j], img, _label(r, refs) if r is not None else method)
         axes[i][0].set_ylabel(f"{prompt[:40]}\nseed {seed}", fontsize=7)
     fig.suptitle(f"{model}: methods side by side, K={k}, N={n}", fontsize=9)
-    fig.tight_layout()
     path = Path(out) / f"grid_{_slug(model)}_K{k}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -145,7 +145,8 @@ def _image_grid(model: str, k: int, n: int, rows, refs, out: Path, problems: Pro
 
 def _video_strip(model: str, k: int, n: int, prompt: str, seed: int, cols, refs, n_frames: int, out: Path,
                  problems: Problems) -> list[Path]:
-    fig, axes = plt.subplots(len(cols), n_frames, figsize=(1.8 * n_frames, 1.9 * len(cols)), squeeze=False)
+    fig, axes = plt.subplots(len(cols), n_frames, figsize=(1.8 * n_frames, 2.1 * len(cols)), squeeze=False,
+                             layout="constrained")
     for i, r in enumerate(cols):
         frames: list[np.ndarray] = []
         path = _media(r, "video", problems)
@@ -157,7 +158,6 @@ def _video_strip(model: str, k: int, n: int, prompt: str, seed: int, cols, refs,
         for j in range(n_frames):
             _tile(axes[i][j], frames[j] if j < len(frames) else None, _label(r, refs) if j == 0 else f"frame {j + 1}")
     fig.suptitle(f"{model}: {prompt[:60]!r}, seed {seed}, K={k}, N={n}", fontsize=9)
-    fig.tight_layout()
     path = Path(out) / f"strip_{_slug(model)}_K{k}_{_slug(prompt)}_s{seed}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)

@@ -107,3 +107,25 @@ def test_reproduce_script_knows_every_experiment():
         assert f"+experiment={name}" in text or f"{name})" in text
     proc = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "reproduce_paper.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_duplicate_prompts_are_reported_in_one_line_and_sampled_once(tmp_path, caplog):
+    import logging
+
+    from chords.config import read_prompts
+
+    p = tmp_path / "dups.txt"
+    p.write_text("a cat\na dog\na cat\n\na cat\na bird\na dog\n")
+    with caplog.at_level(logging.WARNING, logger="chords"):
+        assert read_prompts(p) == ["a cat", "a dog", "a bird"]
+        assert read_prompts(p) == ["a cat", "a dog", "a bird"]  # reported once per file and process
+    lines = [r.getMessage() for r in caplog.records if "distinct prompts" in r.getMessage()]
+    assert len(lines) == 1
+    assert "6 lines, 3 distinct prompts (2 repeated: 'a cat' x3; 'a dog' x2)" in lines[0]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "run_image_mp.py", "model=gaussian", "hardware=local", "ngpu=2",
+                           "model.num_inference_steps=6", f"prompt_file={p}", f"output_base_path={out}", "reference=false"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len([f for f in out.glob("gaussian/*/*") if f.is_dir()]) == 3
+    assert proc.stderr.count("distinct prompts") == 1
