@@ -527,9 +527,19 @@ def run_eval(cfg: dict) -> EvalResult:
 
         shown_keys = {(r.model_label or r.model, r.method, r.num_cores, r.num_steps) for r in shown}
 
+        # a hit chosen by several rules is one row of runs.csv; stop_rule lists the rules that chose it
+        chose: dict[str, set[str]] = {}
+        for view in views.values():
+            for r in view:
+                chose.setdefault(str(r.key), set()).add(r.whatif or "as_run")
+        if not df.empty:
+            df["stop_rule"] = [",".join(sorted(chose.get(k, {"as_run"}))) for k in df["run"]]
+
         def cell_summary(label: str):
-            keys = {str(r.key) for r in views[label]}
-            sub = df[df["run"].isin(keys)] if not df.empty else df
+            labels = {str(r.key): (r.whatif or "as_run") for r in views[label]}
+            sub = df[df["run"].isin(set(labels))].copy() if not df.empty else df
+            if not sub.empty:
+                sub["stop_rule"] = sub["run"].map(labels)
             summ = summarize(sub, quality_cols, ci["level"], ci["resamples"], ci["seed"])
             if vb_on and not summ.empty:
                 _vbench_cells(summ, sub, cfg, ci)

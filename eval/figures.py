@@ -213,10 +213,12 @@ def tradeoff(summary: pd.DataFrame, whatif: pd.DataFrame | None, steps: dict[str
             if col == "latent_rmse" and whatif is not None and not whatif.empty:
                 w = whatif[(whatif["model"] == model) & (whatif["num_steps"] == steps[model])
                            & whatif["rule"].str.startswith("core_index=")]
+                styles = ["--", ":", "-.", (0, (5, 1))]
                 for (method, k), g in w.groupby(["method", "num_cores"]):
                     g = g.sort_values("speedup")
+                    ls = styles[sorted(w["method"].unique(), key=method_sort_key).index(method) % len(styles)]
                     if int(k) in colors:
-                        ax.plot(g["speedup"], g["latent_rmse"], ls="--", lw=1, color=colors[int(k)], alpha=0.7)
+                        ax.plot(g["speedup"], g["latent_rmse"], ls=ls, lw=1, color=colors[int(k)], alpha=0.7)
             seq = s[s["algorithm"] == "sequential"]
             if col != "latent_rmse" and len(seq) and pd.notna(seq[col].iloc[0]):
                 ax.axhline(float(seq[col].iloc[0]) * scale, color="gray", ls="--", lw=1, label="Sequential")
@@ -231,7 +233,7 @@ def tradeoff(summary: pd.DataFrame, whatif: pd.DataFrame | None, steps: dict[str
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7, ncol=2)
-        fig.suptitle(f"Quality against speedup: {model} (N={steps[model]}; dashed: every streamed CHORDS hit)")
+        fig.suptitle(f"Quality against speedup: {model} (N={steps[model]}; lines: every streamed hit, one style per method)")
         fig.tight_layout()
         written += _save(fig, out, f"tradeoff_{_safe(model)}", formats)
     return written
