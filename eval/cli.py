@@ -475,7 +475,8 @@ def run_eval(cfg: dict) -> EvalResult:
             info = preflight(cfg["vbench"].get("python"), list(cfg["vbench"]["dimensions"]), cfg["vbench"].get("cache_dir"))
             log.info("VBench %s at %s (weights in %s)", info.get("vbench"), info.get("python"), info.get("cache_dir"))
             if cfg["vbench"]["mode"] == "standard":
-                by_dimension = prompts_by_dimension(cfg["vbench"].get("full_info") or info.get("full_info"))
+                by_dimension = {d: set(ps) for d, ps in
+                                prompts_by_dimension(cfg["vbench"].get("full_info") or info.get("full_info")).items()}
         except VBenchUnavailable as e:
             raise UsageError(str(e)) from None
 

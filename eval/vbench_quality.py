@@ -132,24 +132,25 @@ def normalize_prompt(prompt: str) -> str:
     return " ".join(str(prompt).split())
 
 
-def prompts_by_dimension(full_info: str | os.PathLike | None) -> dict[str, set[str]]:
-    """``{dimension: prompts}`` from VBench's VBench_full_info.json (VBench's standard protocol:
-    each dimension is scored only on its own prompts). Raises VBenchUnavailable."""
+def prompts_by_dimension(full_info: str | os.PathLike | None) -> dict[str, list[str]]:
+    """``{dimension: prompts}`` from VBench's VBench_full_info.json, each list in order of first
+    appearance, whitespace collapsed (VBench's standard protocol: each dimension is scored only on
+    its own prompts). Raises VBenchUnavailable (one line). scripts/vbench_prompts.py uses it too."""
     if not full_info:
         raise VBenchUnavailable("VBench_full_info.json not found in the VBench environment: set vbench.full_info=PATH "
                                 "(or vbench.mode=custom to score every video on every dimension)")
     try:
         data = json.loads(Path(full_info).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise VBenchUnavailable(f"vbench.full_info {str(full_info)!r} is not readable JSON ({type(e).__name__})") from None
+        raise VBenchUnavailable(f"{str(full_info)!r} is not readable JSON ({type(e).__name__})") from None
     if not isinstance(data, list):
-        raise VBenchUnavailable(f"vbench.full_info {str(full_info)!r} is not VBench's full-info list")
-    out: dict[str, set[str]] = {}
+        raise VBenchUnavailable(f"{str(full_info)!r} is not VBench's full-info list")
+    out: dict[str, dict[str, None]] = {}
     for entry in data:
         if isinstance(entry, dict) and isinstance(entry.get("prompt_en"), str):
             for dim in entry.get("dimension") or []:
-                out.setdefault(str(dim), set()).add(normalize_prompt(entry["prompt_en"]))
-    return out
+                out.setdefault(str(dim), {})[normalize_prompt(entry["prompt_en"])] = None
+    return {d: list(ps) for d, ps in out.items()}
 
 
 def resolve_python(python: str | None) -> str:
