@@ -128,3 +128,13 @@ def test_duplicate_prompts_are_reported_in_one_line_and_sampled_once(tmp_path, c
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len([f for f in out.glob("gaussian/*/*") if f.is_dir()]) == 3
     assert proc.stderr.count("distinct prompts") == 1
+
+
+def test_experiment_on_the_slurm_launcher_asks_for_its_largest_k():
+    """The launcher is configured once per sweep from the master config: the experiment's
+    ngpu: 8 (its largest K) becomes gpus_per_node for every job."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed")
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="base", overrides=["+experiment=table1", "hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 8
+    assert set(cfg.hydra.sweeper.params) == {"model", "algo", "ngpu", "model.seed"}
