@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -217,7 +218,27 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ConfigError(f"prompt_file {str(path)!r} is empty: it needs at least one non-blank line (one prompt per line)")
-    return prompts
+    distinct = list(dict.fromkeys(prompts))
+    if len(distinct) < len(prompts):
+        _report_duplicates(p, prompts, distinct)
+    return distinct
+
+
+_DUPLICATES_REPORTED: set[tuple[str, int]] = set()
+
+
+def _report_duplicates(path: Path, prompts: list[str], distinct: list[str]) -> None:
+    """One log line per prompt file (and process): how many lines repeat a prompt, which ones."""
+    key = (str(path.resolve()), hash(tuple(prompts)))
+    if key in _DUPLICATES_REPORTED:
+        return
+    _DUPLICATES_REPORTED.add(key)
+    counts = {p: prompts.count(p) for p in distinct}
+    repeated = [(p, c) for p, c in counts.items() if c > 1]
+    shown = "; ".join(f"{p[:40]!r} x{c}" for p, c in repeated[:3]) + ("; ..." if len(repeated) > 3 else "")
+    logging.getLogger("chords").warning(
+        "prompt_file %s: %d lines, %d distinct prompts (%d repeated: %s); each distinct prompt is sampled once per seed",
+        path, len(prompts), len(distinct), len(repeated), shown)
 
 
 def check_writable(path: str | os.PathLike, what: str = "output_base_path") -> None:
@@ -534,34 +555,79 @@ def _unknown_key_problem(job: list[str], config_name: str) -> str | None:
     return None
 
 
-def expand_overrides(overrides: list[str]) -> list[list[str]]:
-    """Every job's override list, with multirun sweeps (a,b / range(...) / choice) expanded."""
+def expand_overrides(overrides: list[str], config_name: str | None = None, multirun: bool = True) -> list[list[str]]:
+    """Every job's override list, as Hydra's basic sweeper launches them.
+
+    Command-line sweeps (``a,b`` / ``range(...)`` / ``choice``) are expanded. With ``config_name``
+    the sweep an experiment holds is expanded too, as Hydra does it in a multirun: the config is
+    composed from the command line's non-sweep overrides (Hydra's master config, so
+    ``+experiment=table1`` is in and ``+experiment=a,b`` is not), its ``hydra.sweeper.params``
+    come first and a command-line override of the same key replaces that parameter
+    (``+experiment=table2 model=digits``); the product is taken by Hydra's own
+    ``BasicSweeper.split_arguments``. Without ``multirun`` (no ``-m``) Hydra runs one job and
+    ignores the experiment's sweep, which is refused here: it would silently run the defaults.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
-            choices.append([o.input_line])
-    return [list(combo) for combo in itertools.product(*choices)]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    params: list[str] = []
+    if config_name is not None:
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        sweep = _sweeper_params(fixed, config_name)
+        if sweep and not multirun:
+            exp = next((o for o in fixed if o.lstrip("+~").startswith("experiment=")), "the config")
+            raise ConfigError(f"{exp} holds a sweep (hydra.sweeper.params: {', '.join(sweep)}): run it with -m (multirun)")
+        params = [f"{k}={v}" for k, v in sweep.items()]
+    if not params:
+        choices = []
+        for o in parsed:
+            if o.is_sweep_override():
+                key = o.get_key_element()
+                choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            else:
+                choices.append([o.input_line])
+        return [list(combo) for combo in itertools.product(*choices)]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + list(overrides)), None)
+    return [list(job) for job in jobs]
+
+
+def _sweeper_params(overrides: list[str], config_name: str) -> dict[str, str]:
+    """``hydra.sweeper.params`` of the config these (non-sweep) overrides compose, as strings."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def params() -> dict[str, str]:
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        node = OmegaConf.select(cfg, "hydra.sweeper.params")
+        if not node:
+            return {}
+        return {str(k): str(v) for k, v in OmegaConf.to_container(node, resolve=False).items()}
+
+    if GlobalHydra.instance().is_initialized():
+        return params()
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        return params()
 
 
 def precheck_argv(argv: list[str], config_name: str = "base") -> None:
     """Validate what ``run_*_mp.py argv`` would run; raise ConfigError on the first problem."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides, _ = split_argv(argv)
     overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    try:
-        jobs = expand_overrides(overrides)
-    except HydraException as e:
-        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        try:
+            jobs = expand_overrides(overrides, config_name, multirun)
+        except OverrideParseException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        except (HydraException, OmegaConfBaseException) as e:
+            problem = _group_choice_problem(overrides) or _unknown_key_problem(overrides, config_name)
+            raise ConfigError(problem or _explain_compose_error(e, overrides)) from None
         for job in jobs:
             problem = _group_choice_problem(job)
             if problem:
@@ -570,5 +636,16 @@ def precheck_argv(argv: list[str], config_name: str = "base") -> None:
                 cfg = compose(config_name=config_name, overrides=job)
             except (HydraException, OmegaConfBaseException) as e:
                 problem = _unknown_key_problem(job, config_name)
-                raise ConfigError(problem or f"config cannot be composed: {str(e).splitlines()[0]}") from None
+                raise ConfigError(problem or _explain_compose_error(e, job)) from None
             validate(cfg, typed=_typed_keys(job))
+
+
+def _explain_compose_error(e: Exception, job: list[str]) -> str:
+    text = str(e).splitlines()[0]
+    for o in job:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key in ("model", "algo", "hardware", "experiment") and not (CONFIG_DIR / key / f"{value}.yaml").exists():
+            return f"{key}={value!r} is unknown: choose one of {', '.join(_group_options(key))}"
+        if key == "experiment" and not o.startswith("+"):
+            return f"{o!r}: experiments are added to the config, write +experiment={value}"
+    return f"config cannot be composed: {text}"

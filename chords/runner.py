@@ -174,16 +174,20 @@ def sample_prompt(
     prompt = ctx.identity["prompt"]
     backend.set_condition(enc.cond)
     stamps: list[float] = []
+    evals = [0]  # velocity evaluations so far; each hit records the count at its arrival
+    hit_nfe: list[int] = []
     bar = tqdm(total=enc.num_steps, desc=ctx.desc, unit="round", leave=False, disable=None)
     clock = Clock(adapter.device)
 
     def velocity(xs, steps):
         v = backend.velocity(xs, steps)
+        evals[0] += int(xs.shape[0])
         bar.update(1)
         return v
 
     def on_hit(hit: Hit) -> None:
         stamps.append(clock.elapsed())
+        hit_nfe.append(evals[0])
 
     clock.start()
     result = sample(algorithm, velocity, enc.x0, enc.step, enc.num_steps, stop=stop, callback=on_hit)
@@ -221,7 +225,8 @@ def sample_prompt(
             "devices": ctx.devices,
             "warmup": ctx.warmup,
             "hits": [
-                {"index": i, "core": h.core, "round": h.round, "wall_s": stamps[i], "latent": f"hit_{i:02d}", "media": hit_media[i]}
+                {"index": i, "core": h.core, "round": h.round, "nfe": hit_nfe[i], "wall_s": stamps[i], "latent": f"hit_{i:02d}",
+                 "media": hit_media[i]}
                 for i, h in enumerate(result.hits)
             ],
             "rounds": result.rounds,

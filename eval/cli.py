@@ -23,6 +23,7 @@ log = logging.getLogger("eval")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "eval"
+TABLE_NAMES = ("table1", "table2", "table3", "table4")
 
 
 class UsageError(Exception):
@@ -136,6 +137,20 @@ def validate(cfg: dict) -> dict:
     bs = clip.get("batch_size")
     if not isinstance(bs, int) or bs < 1:
         raise UsageError(f"clip.batch_size={bs!r}: accepted: an integer >= 1")
+    _validate_stop(cfg)
+    _validate_ci(cfg)
+    vb = cfg.get("vbench") or {}
+    if vb.get("mode", "standard") not in ("standard", "custom"):
+        raise UsageError(f"vbench.mode={vb.get('mode')!r}: accepted: standard, custom")
+    vb.setdefault("mode", "standard")
+    fi = vb.get("full_info")
+    if fi is not None and not Path(str(fi)).is_file():
+        raise UsageError(f"vbench.full_info={fi!r} does not exist: give VBench's VBench_full_info.json or null (found in the VBench environment)")
+    g = cfg.setdefault("grids", {})
+    for key in ("max_prompts", "frames"):
+        v = g.get(key, 4)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"grids.{key}={v!r}: accepted: an integer >= 1")
     level = str(cfg.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"log_level={cfg.get('log_level')!r}: accepted: DEBUG, INFO, WARNING, ERROR")
@@ -145,6 +160,60 @@ def validate(cfg: dict) -> dict:
         raise UsageError("out= is empty; give the folder to write tables and figures to, e.g. out=eval_out")
     _check_writable(Path(cfg["out"]))
     return cfg
+
+
+def _validate_stop(cfg: dict) -> None:
+    """``stop``: the what-if stop rules (eval/whatif.py); parsed into ``stop["rules"]``."""
+    from .whatif import parse_rule
+
+    stop = cfg.setdefault("stop", {})
+    rules = {}
+    for name in ("default", *TABLE_NAMES):
+        text = stop.get(name, stop.get("default", "core_index=1"))
+        try:
+            rules[name] = parse_rule(text)
+        except ValueError as e:
+            raise UsageError(f"stop.{name}: {e}") from None
+    stop["rules"] = rules
+    algs = stop.get("algorithms") or []
+    algs = [algs] if isinstance(algs, str) else list(algs)
+    known = ("chords", "paradigms", "srds")
+    for a in algs:
+        if str(a).lower() not in known:
+            raise UsageError(f"stop.algorithms: unknown {str(a)!r}; accepted: {', '.join(known)}")
+    stop["algorithms"] = [str(a).lower() for a in algs]
+    idx = stop.get("indices", "all")
+    if idx != "all" and not (isinstance(idx, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx)):
+        raise UsageError(f"stop.indices={idx!r}: accepted: all or a list of integers >= 0")
+    stop["indices"] = idx
+    th = stop.get("thresholds") or []
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 for t in th):
+        raise UsageError(f"stop.thresholds={th!r}: accepted: a list of numbers >= 0")
+    stop["thresholds"] = [float(t) for t in th]
+    bud = stop.get("budgets") or []
+    for b in bud:
+        try:
+            parse_rule(f"rmse={b}")
+        except ValueError:
+            raise UsageError(f"stop.budgets={bud!r}: accepted: a list of numbers >= 0 or auto") from None
+    stop["budgets"] = list(bud)
+
+
+def _validate_ci(cfg: dict) -> None:
+    ci = cfg.setdefault("ci", {})
+    ci.setdefault("level", 0.95)
+    ci.setdefault("resamples", 2000)
+    ci.setdefault("seed", 0)
+    ci.setdefault("show", True)
+    lv = ci["level"]
+    if isinstance(lv, bool) or not isinstance(lv, (int, float)) or not 0 < lv < 1:
+        raise UsageError(f"ci.level={lv!r}: accepted: a number between 0 and 1 (e.g. 0.95)")
+    for key in ("resamples", "seed"):
+        v = ci[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "resamples" else 0):
+            raise UsageError(f"ci.{key}={v!r}: accepted: an integer >= {1 if key == 'resamples' else 0}")
+    if not isinstance(ci["show"], bool):
+        raise UsageError(f"ci.show={ci['show']!r}: accepted: true, false")
 
 
 # --------------------------------------------------------------------------- result cache
@@ -205,6 +274,8 @@ class EvalResult:
     tables: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    summaries: dict = field(default_factory=dict)  # per stop rule label: the cells under that rule
+    whatif: Any = None  # whatif.csv: per cell and what-if stop rule
 
 
 def _filter_runs(runs, flt: dict):
@@ -245,63 +316,106 @@ def _clip_scores(runs, cfg: dict, cache: ResultCache, problems) -> dict[Path, fl
     todo = []
     for r in images:
         stamp = cache.stamp(r)
-        hit = cache.get(f"{tag}|{r.path.resolve()}", stamp) if use_cache else None
+        hit = cache.get(_cache_key(tag, r), stamp) if use_cache else None
         if hit is not None:
-            scores[r.path] = float(hit)
+            scores[r.key] = float(hit)
             continue
         media = r.media_path()
         if media is None:
-            problems.report(f"{r.name}: no image file; left out of CLIP score")
+            problems.report(_no_media(r, "image", "CLIP score"))
             continue
         todo.append((r, media, stamp))
     if todo:
         log.info("CLIP score: %d image(s) with %s / %s", len(todo), c["model"], c["pretrained"])
         scorer = ClipScorer(c["model"], c["pretrained"], c.get("cache_dir"), c.get("device"), c.get("precision", "fp32"))
-        got = score_files(scorer, [(str(r.path), m, r.prompt) for r, m, _ in todo], batch_size=int(c["batch_size"]))
+        got = score_files(scorer, [(str(r.key), m, r.prompt) for r, m, _ in todo], batch_size=int(c["batch_size"]))
         for r, _m, stamp in todo:
-            v = got.get(str(r.path), math.nan)
-            scores[r.path] = v
+            v = got.get(str(r.key), math.nan)
+            scores[r.key] = v
             if math.isnan(v):
                 problems.report(f"{r.name}: image unreadable; left out of CLIP score")
             if use_cache and not math.isnan(v):
-                cache.put(f"{tag}|{r.path.resolve()}", stamp, v)
+                cache.put(_cache_key(tag, r), stamp, v)
     return scores
 
 
-def _vbench_values(runs, cfg: dict, cache: ResultCache, out: Path, problems) -> dict[Path, dict[str, float]]:
-    from .vbench_quality import evaluate_videos
+def _cache_key(tag: str, run) -> str:
+    """A quality-cache key: the folder, plus the hit's media file for a what-if view."""
+    key = f"{tag}|{run.path.resolve()}"
+    return key if run.whatif is None else f"{key}|{run.hits[run.output_index].media}"
+
+
+def _no_media(run, kind: str, what: str) -> str:
+    if run.whatif is not None:
+        return (f"{run.name}: hit {run.output_index} (stop rule {run.whatif}) has no saved {kind}; left out of {what} "
+                f"(run with algo.full_return=true to keep every hit's media)")
+    return f"{run.name}: no {kind} file; left out of {what}"
+
+
+def _vbench_values(runs, cfg: dict, cache: ResultCache, out: Path, problems,
+                   by_dimension: dict[str, set[str]] | None = None) -> dict[Path, dict[str, float]]:
+    """Per-video VBench values, keyed by ``run.key``.
+
+    ``by_dimension`` (standard mode): a video is scored on a dimension only when its prompt is one
+    of that dimension's prompts in VBench_full_info.json (VBench's standard protocol); None
+    (custom mode): every video on every dimension. Dimensions that need the same videos share one
+    worker call.
+    """
+    from .vbench_quality import evaluate_videos, normalize_prompt
 
     v = cfg["vbench"]
     dims = list(v["dimensions"])
     videos = [r for r in runs if r.media == "video"]
     values: dict[Path, dict[str, float]] = {}
-    todo: dict[str, tuple[Path, str]] = {}
+    todo: dict[str, dict[str, tuple[Path, str]]] = {d: {} for d in dims}
     stamps: dict[str, tuple[Any, str]] = {}
+    outside = []
     for r in videos:
+        mine = dims if by_dimension is None else [d for d in dims if normalize_prompt(r.prompt) in by_dimension.get(d, ())]
+        if not mine:
+            outside.append(r)
+            continue
         stamp = cache.stamp(r)
-        key = f"vbench-v2|{r.path.resolve()}"  # v2: per-video values on VBench's aggregate scale
-        hit = cache.get(key, stamp) or {}
-        values[r.path] = {d: float(hit[d]) for d in dims if d in hit}
-        if all(d in hit for d in dims):
+        hit = cache.get(_cache_key("vbench-v2", r), stamp) or {}  # v2: per-video values on VBench's aggregate scale
+        values[r.key] = {d: float(hit[d]) for d in mine if d in hit}
+        missing = [d for d in mine if d not in hit]
+        if not missing:
             continue
         media = r.media_path()
         if media is None:
-            problems.report(f"{r.name}: no video file; left out of VBench")
+            problems.report(_no_media(r, "video", "VBench"))
             continue
-        todo[str(r.path)] = (media, r.prompt)
-        stamps[str(r.path)] = (r, stamp)
-    if todo:
-        log.info("VBench: %d video(s), dimensions %s", len(todo), ", ".join(dims))
-        got = evaluate_videos(todo, dims, out / "vbench", v.get("python"), v.get("cache_dir"), v.get("device") or "auto",
+        for d in missing:
+            todo[d][str(r.key)] = (media, r.prompt)
+        stamps[str(r.key)] = (r, stamp)
+    if outside:
+        problems.report(
+            f"VBench standard mode: {len(outside)} video(s) have prompts that are not in VBench_full_info.json for any of "
+            f"{', '.join(dims)} (e.g. {outside[0].prompt[:50]!r}); they get no VBench score (vbench.mode=custom scores "
+            f"every video on every dimension)"
+        )
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for d in dims:
+        if todo[d]:
+            groups.setdefault(tuple(sorted(todo[d])), []).append(d)
+    got_all: dict[str, dict[str, float]] = {}
+    for i, (keys, group_dims) in enumerate(groups.items()):
+        log.info("VBench: %d video(s), dimensions %s", len(keys), ", ".join(group_dims))
+        batch = todo[group_dims[0]]
+        work = out / "vbench" / (f"set{i}" if len(groups) > 1 else "all")
+        got = evaluate_videos(batch, group_dims, work, v.get("python"), v.get("cache_dir"), v.get("device") or "auto",
                               v.get("timeout_s"))
-        for key, (r, stamp) in stamps.items():
-            res = got.get(key, {})
-            lost = [d for d in dims if d not in res]
+        for key in keys:
+            res = {d: x for d, x in got.get(key, {}).items() if d in group_dims}
+            lost = [d for d in group_dims if d not in res]
             if lost:
-                problems.report(f"{r.name}: VBench gave no {', '.join(lost)} (unreadable video?)")
-            values[r.path].update(res)
-            old = cache.get(f"vbench-v2|{r.path.resolve()}", stamp) or {}
-            cache.put(f"vbench-v2|{r.path.resolve()}", stamp, {**old, **res})
+                problems.report(f"{stamps[key][0].name}: VBench gave no {', '.join(lost)} (unreadable video?)")
+            got_all.setdefault(key, {}).update(res)
+    for key, res in got_all.items():
+        r, stamp = stamps[key]
+        values[r.key].update(res)
+        old = cache.get(_cache_key("vbench-v2", r), stamp) or {}
+        cache.put(_cache_key("vbench-v2", r), stamp, {**old, **res})
     return values
 
 
@@ -309,10 +423,12 @@ def run_eval(cfg: dict) -> EvalResult:
     """The whole stage on a validated config (see :func:`validate`). Raises UsageError."""
     from . import figures as F
     from . import tables as T
+    from . import whatif as W
     from .clip_score import ClipConfigError, ClipWeightsMissing, locate_weights
     from .metrics import run_rows, summarize
     from .runs import Problems, assign_labels, load_runs, pair_references
-    from .vbench_quality import QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, quality_score
+    from .vbench_quality import (QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, prompts_by_dimension,
+                                 quality_score)
 
     problems = Problems()
     runs = load_runs(cfg["runs"], problems)
@@ -344,6 +460,7 @@ def run_eval(cfg: dict) -> EvalResult:
     # Everything that can fail on weights is checked before anything is written.
     clip_on = bool(cfg["clip"].get("enabled")) and any(r.media == "image" for r in runs_needed)
     vb_on = bool(cfg["vbench"].get("enabled")) and any(r.media == "video" for r in runs_needed)
+    by_dimension = None
     if clip_on:
         try:
             locate_weights(cfg["clip"]["model"], cfg["clip"].get("pretrained"), cfg["clip"].get("cache_dir"))
@@ -353,6 +470,9 @@ def run_eval(cfg: dict) -> EvalResult:
         try:
             info = preflight(cfg["vbench"].get("python"), list(cfg["vbench"]["dimensions"]), cfg["vbench"].get("cache_dir"))
             log.info("VBench %s at %s (weights in %s)", info.get("vbench"), info.get("python"), info.get("cache_dir"))
+            if cfg["vbench"]["mode"] == "standard":
+                by_dimension = {d: set(ps) for d, ps in
+                                prompts_by_dimension(cfg["vbench"].get("full_info") or info.get("full_info")).items()}
         except VBenchUnavailable as e:
             raise UsageError(str(e)) from None
 
@@ -366,16 +486,26 @@ def run_eval(cfg: dict) -> EvalResult:
             handler.emit(logging.LogRecord("eval", logging.WARNING, __file__, 0, line, None, None))
         cache = ResultCache(out / "cache" / "results.json" if cfg.get("cache", True) else None)
 
-        df = run_rows(runs_needed, refs, problems)
+        # What-if stop rules (eval/whatif.py): runs that kept every hit are viewed as if each table's
+        # rule had stopped them; every view's runs are scored once (quality of a hit: its own media).
+        stop, ci = cfg["stop"], cfg["ci"]
+        trs = W.traces(runs_needed, refs, stop["algorithms"], problems)
+        budgets = W.auto_budgets(trs)
+        rule_of = {name: stop["rules"][name] for name in ("default", *TABLE_NAMES)}
+        views = {rule.label: W.view(runs_needed, rule, trs, budgets, problems) for rule in rule_of.values()}
+        scored = {r.key: r for view in views.values() for r in view}
+        runs_scored = list(scored.values())
+
+        df = run_rows(runs_scored, refs, problems)
         quality_cols: list[str] = []
         if clip_on:
-            scores = _clip_scores(runs_needed, cfg, cache, problems)
+            scores = _clip_scores(runs_scored, cfg, cache, problems)
             df["clip_score"] = [scores.get(Path(p), math.nan) for p in df["run"]]
             quality_cols.append("clip_score")
         if vb_on:
             dims = list(cfg["vbench"]["dimensions"])
             try:
-                values = _vbench_values(runs_needed, cfg, cache, out, problems)
+                values = _vbench_values(runs_scored, cfg, cache, out, problems, by_dimension)
             except VBenchUnavailable as e:
                 problems.report(f"VBench failed, quality left out: {e}")
                 values = {}
@@ -388,22 +518,37 @@ def run_eval(cfg: dict) -> EvalResult:
                 for p, m in zip(df["run"], df["media"])
             ]
             quality_cols += [column(d) for d in dims]
+            if by_dimension is not None:
+                _report_samples_per_prompt(df, problems)
         cache.save()
 
-        summary = summarize(df, quality_cols)
-        if vb_on and not summary.empty:
-            partial = bool(cfg["vbench"].get("allow_partial"))
-            summary["vbench_quality"] = [
-                quality_score({d: row.get(column(d), math.nan) for d in QUALITY_DIMENSIONS}, partial)
-                if row["media"] == "video" else math.nan
-                for _, row in summary.iterrows()
-            ]
-        if not summary.empty:
-            shown_keys = {(r.model_label or r.model, r.method, r.num_cores, r.num_steps) for r in shown}
-            summary = summary[[
-                (m, me, int(k), int(n)) in shown_keys
-                for m, me, k, n in zip(summary["model"], summary["method"], summary["num_cores"], summary["num_steps"])
-            ]].reset_index(drop=True)
+        shown_keys = {(r.model_label or r.model, r.method, r.num_cores, r.num_steps) for r in shown}
+
+        # a hit chosen by several rules is one row of runs.csv; stop_rule lists the rules that chose it
+        chose: dict[str, set[str]] = {}
+        for view in views.values():
+            for r in view:
+                chose.setdefault(str(r.key), set()).add(r.whatif or "as_run")
+        if not df.empty:
+            df["stop_rule"] = [",".join(sorted(chose.get(k, {"as_run"}))) for k in df["run"]]
+
+        def cell_summary(label: str):
+            labels = {str(r.key): (r.whatif or "as_run") for r in views[label]}
+            sub = df[df["run"].isin(set(labels))].copy() if not df.empty else df
+            if not sub.empty:
+                sub["stop_rule"] = sub["run"].map(labels)
+            summ = summarize(sub, quality_cols, ci["level"], ci["resamples"], ci["seed"])
+            if vb_on and not summ.empty:
+                _vbench_cells(summ, sub, cfg, ci)
+            if not summ.empty:
+                summ = summ[[
+                    (m, me, int(k), int(n)) in shown_keys
+                    for m, me, k, n in zip(summ["model"], summ["method"], summ["num_cores"], summ["num_steps"])
+                ]].reset_index(drop=True)
+            return summ
+
+        summaries = {label: cell_summary(label) for label in views}
+        summary = summaries[rule_of["default"].label]
         for _, row in summary.iterrows():
             if "," in str(row.get("hardware", "")):
                 problems.report(
@@ -417,22 +562,51 @@ def run_eval(cfg: dict) -> EvalResult:
         if not summary.empty:
             (out / "summary.md").write_text(summary.to_markdown(index=False) + "\n", encoding="utf-8")
             files.append(out / "summary.md")
+        if trs:
+            listed = W.expand_rules(stop["indices"], stop["thresholds"], stop["budgets"],
+                                    max(len(t.rounds) for t in trs.values()), list(rule_of.values()))
+            per_run, per_cell = W.whatif_table(trs, refs, listed, budgets, ci["level"], ci["resamples"], ci["seed"])
+            per_run.to_csv(out / "whatif_runs.csv", index=False)
+            per_cell.to_csv(out / "whatif.csv", index=False)
+            files += [out / "whatif_runs.csv", out / "whatif.csv"]
+        else:
+            per_cell = None
 
         steps = T.choose_steps(summary, flt.get("num_steps"), problems) if not summary.empty else {}
         tables = {}
-        if not summary.empty:
-            tables = T.build_tables(summary, cfg["tables"], steps, cfg["time"], cfg.get("decimals") or {},
-                                    (cfg.get("table4") or {}).get("algorithms"))
-            if clip_on and not clip_pretrained(cfg["clip"]):
-                problems.report("CLIP scores use random (non-pretrained) CLIP weights (clip.pretrained is null): "
-                                "they are not comparable to published CLIP scores; the tables say so")
-                for t in tables.values():
-                    if any("clip_score" in str(c) for c in t.numeric.columns):
-                        t.caption += " CLIP Score from random (non-pretrained) CLIP weights: not a quality measure."
+        for name in cfg["tables"]:
+            rule = rule_of[name]
+            summ = summaries[rule.label]
+            if summ.empty:
+                continue
+            built = T.build_tables(summ, [name], steps, cfg["time"], cfg.get("decimals") or {},
+                                   (cfg.get("table4") or {}).get("algorithms"), ci["show"])
+            for t in built.values():
+                if (summ["stop_rule"] == rule.label).any():
+                    used = {k: b for k, b in budgets.items() if k[0] in set(summ["model"])} if rule.auto else None
+                    t.caption += (f" Stop rule for {', '.join(A.upper() if len(A) <= 6 else A for A in stop['algorithms'])} "
+                                  f"runs that kept every hit: {rule.describe(used)} (what-if, eval/whatif.py).")
+                t.caption += f" Cells: mean [{100 * ci['level']:g}% CI] over prompts x seeds (n runs; {T.CI_NOTE})."
+            tables.update(built)
+        if clip_on and not clip_pretrained(cfg["clip"]):
+            problems.report("CLIP scores use random (non-pretrained) CLIP weights (clip.pretrained is null): "
+                            "they are not comparable to published CLIP scores; the tables say so")
             for t in tables.values():
-                files += T.write_table(t, out, cfg["formats"])
+                if any("clip_score" in str(c) for c in t.numeric.columns):
+                    t.caption += " CLIP Score from random (non-pretrained) CLIP weights: not a quality measure."
+        for t in tables.values():
+            files += T.write_table(t, out, cfg["formats"])
+        if vb_on and not summary.empty:
+            dim_table = T.vbench_dimension_table(summaries[rule_of["table1"].label], steps, list(cfg["vbench"]["dimensions"]),
+                                                 cfg.get("decimals") or {}, ci["show"])
+            if dim_table is not None:
+                files += T.write_table(dim_table, out, cfg["formats"])
         if "figure4" in cfg["figures"] and not summary.empty:
             files += F.figure4(summary, steps, out, cfg["figure_formats"])
+        if "tradeoff" in cfg["figures"] and not summary.empty:
+            files += F.tradeoff(summary, per_cell, steps, out, cfg["figure_formats"])
+        if "wallclock" in cfg["figures"] and not summary.empty:
+            files += F.wallclock(summary, steps, out, cfg["figure_formats"])
         if "figure5" in cfg["figures"]:
             conv = cfg["convergence"]
             data = F.convergence_data([r for r in shown if not r.is_sequential], refs, steps, conv["distance"],
@@ -441,14 +615,51 @@ def run_eval(cfg: dict) -> EvalResult:
                 data.to_csv(out / "figure5_data.csv", index=False)
                 files.append(out / "figure5_data.csv")
             files += F.figure5(data, conv["distance"], conv["reference"], out, cfg["figure_formats"])
+        if "grids" in cfg["figures"]:
+            from .grids import grids
+
+            files += grids(views[rule_of["default"].label], refs, steps, out, cfg["grids"], problems)
         (out / "problems.txt").write_text("".join(f"{p}\n" for p in problems), encoding="utf-8")
         files.append(out / "problems.txt")
         log.info("%d run(s), %d cell(s), %d problem(s); wrote %d file(s) to %s",
                  len(runs_needed), len(summary), len(problems), len(files), out)
-        return EvalResult(runs=df, summary=summary, tables=tables, files=files, problems=list(problems))
+        return EvalResult(runs=df, summary=summary, tables=tables, files=files, problems=list(problems),
+                          summaries=summaries, whatif=per_cell)
     finally:
         logging.getLogger("eval").removeHandler(handler)
         handler.close()
+
+
+def _report_samples_per_prompt(df, problems) -> None:
+    """VBench's standard protocol samples every prompt 5 times; say where a cell has fewer."""
+    vids = df[df["media"] == "video"]
+    for key, g in vids.groupby(["model", "method", "num_cores", "num_steps"]):
+        per_prompt = g.groupby("prompt")["seed"].nunique()
+        if len(per_prompt) and int(per_prompt.min()) < 5:
+            lo, hi = int(per_prompt.min()), int(per_prompt.max())
+            problems.report(
+                f"{key[0]} / {key[1]} / K={key[2]} / N={key[3]}: {lo if lo == hi else f'{lo} to {hi}'} "
+                f"sample(s) per prompt; VBench's standard protocol uses 5 (sweep model.seed=0,1,2,3,4)"
+            )
+
+
+def _vbench_cells(summ, sub, cfg: dict, ci: dict) -> None:
+    """The cells' Quality Score from their dimension means, with a bootstrap interval over runs."""
+    from .vbench_quality import QUALITY_DIMENSIONS, column, quality_interval
+
+    partial = bool(cfg["vbench"].get("allow_partial"))
+    keys = ["model", "media", "method", "num_cores", "num_steps"]
+    groups = {k: g for k, g in sub.groupby(keys, sort=False)}
+    vals, los, his = [], [], []
+    for _, row in summ.iterrows():
+        g = groups.get(tuple(row[k] for k in keys))
+        if row["media"] != "video" or g is None:
+            vals.append(math.nan), los.append(math.nan), his.append(math.nan)
+            continue
+        cols = {d: g[column(d)].to_numpy(dtype=float) if column(d) in g else None for d in QUALITY_DIMENSIONS}
+        iv = quality_interval(cols, partial, ci["level"], ci["resamples"], ci["seed"])
+        vals.append(iv.value), los.append(iv.lo), his.append(iv.hi)
+    summ["vbench_quality"], summ["vbench_quality_lo"], summ["vbench_quality_hi"] = vals, los, his
 
 
 class _Stderr(logging.StreamHandler):

@@ -1,5 +1,11 @@
 """The paper's figures with matplotlib (Agg), as PNG and PDF.
 
+* tradeoff (per model): quality against speedup, one marker per method and K (95% intervals as
+  error bars), CHORDS' stream (every hit index, from whatif.csv) as a line per K; latent RMSE
+  when no quality metric was computed.
+* wallclock (per model): time per sample against K per method, Sequential as a dashed line.
+* grids: the methods side by side on the same prompt and seed (eval/grids.py).
+
 * Figure 4 (per model): speedup, quality and latent RMSE against the number of cores K, one
   line per method; Sequential's quality is the dashed line.
 * Figure 5 (per model): convergence of the streamed outputs — distance between each hit and
@@ -18,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .metrics import DISTANCES  # noqa: E402
@@ -26,7 +33,7 @@ from .tables import QUALITY  # noqa: E402
 
 log = logging.getLogger("eval")
 
-FIGURES = ("figure4", "figure5")
+FIGURES = ("figure4", "figure5", "tradeoff", "wallclock", "grids")
 FIGURE_FORMATS = ("png", "pdf")
 QUALITY_LABEL = {"clip_score": "CLIP Score", "vbench_quality": "VBench Quality (%)"}
 
@@ -158,3 +165,107 @@ def figure5(data: pd.DataFrame, distance: str, reference: str, out: Path, format
         written += _save(fig, out, f"figure5_{_safe(model)}", formats)
     return written
 
+
+
+def _err(frame: pd.DataFrame, col: str, scale: float = 1.0, positive: bool = False):
+    """Asymmetric error bars from ``{col}_lo`` / ``{col}_hi`` (None when absent); ``positive``
+    keeps the lower end above 0 (a t-interval of a few RMSEs can reach below 0, a log axis cannot)."""
+    if f"{col}_lo" not in frame or f"{col}_hi" not in frame:
+        return None
+    v = frame[col].to_numpy(dtype=float) * scale
+    lo = v - frame[f"{col}_lo"].to_numpy(dtype=float) * scale
+    hi = frame[f"{col}_hi"].to_numpy(dtype=float) * scale - v
+    lo[~pd.notna(lo)] = 0
+    hi[~pd.notna(hi)] = 0
+    if positive:
+        lo = np.minimum(lo, 0.9 * np.abs(v))
+    return [lo, hi]
+
+
+def tradeoff(summary: pd.DataFrame, whatif: pd.DataFrame | None, steps: dict[str, int], out: Path,
+             formats: Sequence[str]) -> list[Path]:
+    """Quality (or latent RMSE) against speedup per method and K; CHORDS' streamed hits as lines."""
+    written: list[Path] = []
+    markers = "osD^vP*X<>"
+    for model in sorted(steps):
+        s = summary[(summary["model"] == model) & (summary["num_steps"] == steps[model])]
+        par = s[s["algorithm"] != "sequential"]
+        if par.empty:
+            continue
+        qcol = QUALITY[s["media"].iloc[0]]
+        panels = [("latent_rmse", "Latent RMSE vs sequential", 1.0)]
+        if qcol in par and par[qcol].notna().any():
+            panels.insert(0, (qcol, QUALITY_LABEL[qcol], 100.0 if qcol == "vbench_quality" else 1.0))
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.2), squeeze=False)
+        ks = sorted(int(k) for k in par["num_cores"].unique())
+        colors = {k: plt.cm.viridis(i / max(len(ks) - 1, 1)) for i, k in enumerate(ks)}
+        for ax, (col, label, scale) in zip(axes[0], panels):
+            for mi, method in enumerate(sorted(par["method"].unique(), key=method_sort_key)):
+                m = par[par["method"] == method]
+                for k in ks:
+                    c = m[m["num_cores"] == k]
+                    if c.empty or not c[col].notna().any():
+                        continue
+                    ax.errorbar(c["speedup"], c[col] * scale, xerr=_err(c, "speedup"),
+                                yerr=_err(c, col, scale, positive=col == "latent_rmse"),
+                                fmt=markers[mi % len(markers)], color=colors[k], ms=7, capsize=2,
+                                label=f"{method} K={k}")
+            if col == "latent_rmse" and whatif is not None and not whatif.empty:
+                w = whatif[(whatif["model"] == model) & (whatif["num_steps"] == steps[model])
+                           & whatif["rule"].str.startswith("core_index=")]
+                styles = ["--", ":", "-.", (0, (5, 1))]
+                for (method, k), g in w.groupby(["method", "num_cores"]):
+                    g = g.sort_values("speedup")
+                    ls = styles[sorted(w["method"].unique(), key=method_sort_key).index(method) % len(styles)]
+                    if int(k) in colors:
+                        ax.plot(g["speedup"], g["latent_rmse"], ls=ls, lw=1, color=colors[int(k)], alpha=0.7)
+            seq = s[s["algorithm"] == "sequential"]
+            if col != "latent_rmse" and len(seq) and pd.notna(seq[col].iloc[0]):
+                ax.axhline(float(seq[col].iloc[0]) * scale, color="gray", ls="--", lw=1, label="Sequential")
+            if col == "latent_rmse":
+                ys = [y for ln in ax.get_lines() for y in ln.get_ydata() if y == y]
+                if ys and min(ys) > 0:
+                    ax.set_yscale("log")
+                else:
+                    pos = [y for y in ys if y > 0]
+                    ax.set_yscale("symlog", linthresh=min(pos) if pos else 1e-6)
+            ax.set_xlabel("Speedup (sequential rounds / rounds)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"Quality against speedup: {model} (N={steps[model]}; lines: every streamed hit, one style per method)")
+        fig.tight_layout()
+        written += _save(fig, out, f"tradeoff_{_safe(model)}", formats)
+    return written
+
+
+def wallclock(summary: pd.DataFrame, steps: dict[str, int], out: Path, formats: Sequence[str]) -> list[Path]:
+    """Time per sample (sampling seconds, 95% interval) against the number of cores per method."""
+    written: list[Path] = []
+    for model in sorted(steps):
+        s = summary[(summary["model"] == model) & (summary["num_steps"] == steps[model])]
+        par = s[s["algorithm"] != "sequential"]
+        if par.empty:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for method in sorted(par["method"].unique(), key=method_sort_key):
+            m = par[par["method"] == method].sort_values("num_cores")
+            axes[0].errorbar(m["num_cores"], m["time_sample_s"], yerr=_err(m, "time_sample_s"), marker="o", capsize=2,
+                             label=method)
+            axes[1].errorbar(m["num_cores"], m["wall_speedup"], yerr=_err(m, "wall_speedup"), marker="o", capsize=2,
+                             label=method)
+        seq = s[s["algorithm"] == "sequential"]
+        if len(seq):
+            axes[0].axhline(float(seq["time_sample_s"].iloc[0]), color="gray", ls="--", lw=1, label="Sequential")
+        axes[1].axhline(1.0, color="gray", ls=":", lw=1)
+        for ax, ylabel in zip(axes, ["Time per sample (s)", "Wall-clock speedup"]):
+            ax.set_xlabel("Number of cores K")
+            ax.set_ylabel(ylabel)
+            ax.set_xticks(sorted(int(k) for k in par["num_cores"].unique()))
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        hw = ", ".join(sorted(set(",".join(par["hardware"].astype(str)).split(","))))
+        fig.suptitle(f"Wall-clock against K: {model} (N={steps[model]}; hardware: {hw})")
+        fig.tight_layout()
+        written += _save(fig, out, f"wallclock_{_safe(model)}", formats)
+    return written

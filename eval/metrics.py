@@ -62,18 +62,18 @@ def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, wit
     cache: dict[Path, torch.Tensor | None] = {}
 
     def output_of(run: Run):
-        if run.path not in cache:
+        if run.key not in cache:
             try:
-                cache[run.path] = run.load_latent("output")
+                cache[run.key] = run.load_latent(run.output_latent)
             except RunError as e:
                 problems.report(f"latents unusable, left out of latent RMSE: {e}")
-                cache[run.path] = None
-        return cache[run.path]
+                cache[run.key] = None
+        return cache[run.key]
 
     for r in runs:
         ref = refs.get(r.path)
         row = {
-            "run": str(r.path),
+            "run": str(r.key),
             "model": r.model_label or r.model,
             "media": r.media,
             "method": r.method,
@@ -92,6 +92,7 @@ def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, wit
             "output_index": r.output_index,
             "output_core": r.output_core,
             "output_round": r.output_round,
+            "stop_rule": r.whatif or "as_run",
             "encode_s": r.timing["encode_s"],
             "sample_s": r.timing["sample_s"],
             "decode_s": r.timing["decode_s"],
@@ -107,6 +108,8 @@ def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, wit
         if with_rmse and ref is not None:
             if ref.path == r.path:
                 rmse = 0.0
+            elif r.whatif_rmse is not None:  # computed with the what-if trace (eval/whatif.py)
+                rmse = r.whatif_rmse
             else:
                 a, b = output_of(r), output_of(ref)
                 if a is not None and b is not None:
@@ -123,7 +126,7 @@ def run_rows(runs: Iterable[Run], refs: dict[Path, Run], problems: Problems, wit
         rows.append(row)
         # The reference is needed again for other runs; runs' own latents are not.
         if ref is not None and ref.path != r.path:
-            cache.pop(r.path, None)
+            cache.pop(r.key, None)
     cols = None if rows else ["run", *GROUP_KEYS, "prompt", "seed", "speedup", "latent_rmse"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -141,8 +144,19 @@ def _mean(s: pd.Series) -> float:
     return float(s.mean()) if len(s) else math.nan
 
 
-def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = ()) -> pd.DataFrame:
-    """One row per cell (model, media, method, num_cores, num_steps); see the module docstring."""
+def _interval_cols(row: dict, name: str, iv) -> None:
+    row[f"{name}_lo"], row[f"{name}_hi"] = iv.lo, iv.hi
+
+
+def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = (), level: float = 0.95, resamples: int = 2000,
+              seed: int = 0) -> pd.DataFrame:
+    """One row per cell (model, media, method, num_cores, num_steps); see the module docstring.
+
+    Every mean has its ``{name}_lo`` / ``{name}_hi`` (the t-interval over the cell's runs at
+    ``level``), the speedups their bootstrap interval (eval/stats.py); ``n_*`` count the values.
+    """
+    from .stats import ratio_interval, t_interval
+
     quality_cols = [c for c in quality_cols if c in df.columns]
     df = cell_rows(df)
     out = []
@@ -170,8 +184,18 @@ def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = ()) -> pd.DataFram
             latent_rmse=_mean(paired["latent_rmse"]) if len(paired) else math.nan,
             n_rmse=int(pd.to_numeric(paired["latent_rmse"], errors="coerce").notna().sum()) if len(paired) else 0,
         )
+        row["stop_rule"] = ",".join(sorted(set(g["stop_rule"]))) if "stop_rule" in g else "as_run"
+        for name, col in (("time_sample_s", "sample_s"), ("time_total_s", "total_s"), ("nfe", "nfe"),
+                          ("output_round", "output_round")):
+            _interval_cols(row, name, t_interval(pd.to_numeric(g[col], errors="coerce"), level))
+        if len(paired):
+            _interval_cols(row, "latent_rmse", t_interval(pd.to_numeric(paired["latent_rmse"], errors="coerce"), level))
+            _interval_cols(row, "speedup", ratio_interval(paired["ref_rounds"], paired["output_round"], level, resamples, seed))
+            _interval_cols(row, "wall_speedup", ratio_interval(paired["ref_sample_s"], paired["sample_s"], level, resamples, seed))
         for c in quality_cols:
+            iv = t_interval(pd.to_numeric(g[c], errors="coerce"), level)
             row[c] = _mean(g[c])
-            row[f"n_{c}"] = int(pd.to_numeric(g[c], errors="coerce").notna().sum())
+            row[f"n_{c}"] = iv.n
+            _interval_cols(row, c, iv)
         out.append(row)
     return pd.DataFrame(out)

@@ -87,6 +87,9 @@ class HitInfo:
     wall_s: float
     latent: str
     media: str | None
+    #: velocity evaluations made when this hit arrived (stats.json ``hits[i].nfe``; None in
+    #: folders written before it was recorded)
+    nfe: int | None = None
 
 
 @dataclass
@@ -121,6 +124,13 @@ class Run:
     legacy: bool = False
     #: one line per malformed optional field (reported by load_runs, the run is still used)
     warnings: list[str] = field(default_factory=list)
+    #: the tensor of latents.safetensors this run's numbers use: "output", or a hit's tensor when
+    #: a what-if stop rule chose that hit (eval/whatif.py)
+    output_latent: str = "output"
+    #: the what-if stop rule that chose ``output_index`` (None: the run's own output)
+    whatif: str | None = None
+    #: that hit's latent RMSE against the reference, when already computed (eval/whatif.py)
+    whatif_rmse: float | None = None
     # Filled by assign_labels().
     base_label: str = ""
     facets: dict[str, str] = field(default_factory=dict)
@@ -132,6 +142,12 @@ class Run:
     def name(self) -> str:
         """A short readable id: the last three path parts (model/algo_tag/prompt-key)."""
         return "/".join(self.path.parts[-3:])
+
+    @property
+    def key(self) -> Path:
+        """What identifies this view of the run in runs.csv and the quality caches: the folder,
+        with ``#hitNN`` appended when a what-if stop rule chose hit NN instead of the output."""
+        return self.path if self.whatif is None else Path(f"{self.path}#hit{self.output_index:02d}")
 
     @property
     def is_sequential(self) -> bool:
@@ -174,7 +190,12 @@ class Run:
         return self.path / LATENTS
 
     def media_path(self) -> Path | None:
-        """The chosen output's media file (image.png / video.mp4), or None if absent."""
+        """The chosen output's media file (image.png / video.mp4), or None if absent; for a
+        what-if choice the chosen hit's file (saved with ``algo.full_return=true``) or None."""
+        if self.whatif is not None:
+            name = self.hits[self.output_index].media
+            p = self.path / name if name else None
+            return p if p is not None and p.is_file() else None
         for name in self.media_files or []:
             p = self.path / name
             if p.is_file():
@@ -197,9 +218,9 @@ class Run:
             raise
         except Exception as e:  # corrupt header, truncated file, ...
             raise RunError(f"{self.name}: {LATENTS} is unreadable ({type(e).__name__}: {_one_line(e)})") from e
-        if name == "output" and self.latent_shape is not None and tuple(t.shape) != self.latent_shape:
+        if self.latent_shape is not None and tuple(t.shape) != self.latent_shape:
             raise RunError(
-                f"{self.name}: latent 'output' has shape {list(t.shape)} but stats.json says {list(self.latent_shape)}"
+                f"{self.name}: latent {name!r} has shape {list(t.shape)} but stats.json says {list(self.latent_shape)}"
             )
         return t
 
@@ -325,6 +346,10 @@ def load_run(path: str | os.PathLike) -> Run:
         latent = h.get("latent", f"hit_{i:02d}")
         if not isinstance(latent, str) or not latent:
             raise RunError(f"{short}: hits[{i}].latent is {latent!r}, not a tensor name")
+        hnfe = h.get("nfe")
+        if hnfe is not None and not (_is(hnfe, int) and 1 <= hnfe <= s["nfe"]):
+            warnings.append(f"{short}: hits[{i}].nfe is {hnfe!r} (not an integer from 1 to nfe={s['nfe']}); left out")
+            hnfe = None
         wall = h.get("wall_s")
         if wall is not None and not (_is(wall, (int, float)) and math.isfinite(float(wall)) and float(wall) >= 0):
             warnings.append(f"{short}: hits[{i}].wall_s is {wall!r} (not a finite number >= 0); left out")
@@ -336,6 +361,7 @@ def load_run(path: str | os.PathLike) -> Run:
                 wall_s=_num(wall) if wall is None or (_is(wall, (int, float)) and float(wall) >= 0) else math.nan,
                 latent=latent,
                 media=h.get("media") if isinstance(h.get("media"), str) else None,
+                nfe=hnfe,
             )
         )
     if not hits:

@@ -35,12 +35,16 @@ QUALITY = {"image": "clip_score", "video": "vbench_quality"}
 LABELS = {
     "time": ("Time per sample (s)", "down"),
     "speedup": ("Speedup", "up"),
+    "nfe": ("NFE", "down"),
+    "n": ("n", ""),
     "clip_score": ("CLIP Score", "up"),
     "vbench_quality": ("VBench Quality", "up"),
     "latent_rmse": ("Latent RMSE", "down"),
 }
 NA = "n/a"  # measured quantity without a value
 DASH = "-"  # not applicable
+#: how the intervals in the cells are made (eval/stats.py)
+CI_NOTE = "speedup: percentile bootstrap over runs; VBench Quality: bootstrap; other columns: t-interval of the mean"
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Table:
 
 def _label(metric: str, fmt: str) -> str:
     text, arrow = LABELS[metric]
+    if not arrow:
+        return text
     if fmt == "tex":
         return f"{text} $\\{arrow}arrow$"
     return f"{text} {'↑' if arrow == 'up' else '↓'}"
@@ -63,6 +69,8 @@ def format_value(metric: str, value: float, decimals: dict) -> str:
         return NA
     if metric == "vbench_quality":
         return f"{100.0 * value:.{int(decimals.get('vbench_quality', 1))}f}%"
+    if metric == "n":
+        return f"{int(value)}"
     key = "time" if metric == "time" else metric
     return f"{value:.{int(decimals.get(key, 3))}f}"
 
@@ -106,10 +114,13 @@ def _time_col(time: str) -> str:
     return "time_total_s" if time == "total" else "time_sample_s"
 
 
-def _value(cell: pd.Series | None, metric: str, time: str) -> float:
+def _value(cell: pd.Series | None, metric: str, time: str, suffix: str = "") -> float:
     if cell is None:
         return math.nan
-    col = _time_col(time) if metric == "time" else metric
+    if metric == "n":
+        col = "n_runs"
+    else:
+        col = (_time_col(time) if metric == "time" else metric) + suffix
     v = cell.get(col, math.nan)
     try:
         return float(v)
@@ -117,15 +128,33 @@ def _value(cell: pd.Series | None, metric: str, time: str) -> float:
         return math.nan
 
 
+def _cell(metric: str, cell: pd.Series | None, time: str, decimals: dict, show_ci: bool, dash: bool = False
+          ) -> tuple[dict[str, float], str]:
+    """A table cell: its numbers (value, lo, hi) and its text ``mean [lo, hi]`` (interval with ``show_ci``)."""
+    name = "time_s" if metric == "time" else metric
+    if dash or cell is None:
+        nums = {name: math.nan} if metric == "n" else {name: math.nan, f"{name}_lo": math.nan, f"{name}_hi": math.nan}
+        return nums, DASH if dash else ""
+    v = _value(cell, metric, time)
+    text = format_value(metric, v, decimals)
+    if metric == "n":
+        return {name: v}, text
+    lo, hi = _value(cell, metric, time, "_lo"), _value(cell, metric, time, "_hi")
+    if show_ci and text != NA and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{format_value(metric, lo, decimals).rstrip('%')}, {format_value(metric, hi, decimals).rstrip('%')}]"
+    return {name: v, f"{name}_lo": lo, f"{name}_hi": hi}, text
+
+
 def main_table(
-    summary: pd.DataFrame, media: str, steps: dict[str, int], time: str, decimals: dict, name: str
+    summary: pd.DataFrame, media: str, steps: dict[str, int], time: str, decimals: dict, name: str,
+    show_ci: bool = True,
 ) -> Table | None:
     """Table 1 (media='video') or Table 2 (media='image')."""
     s = _at_steps(summary[summary["media"] == media], steps)
     if s.empty:
         return None
     quality = QUALITY[media]
-    metrics = ["time", "speedup", quality, "latent_rmse"]
+    metrics = ["time", "speedup", "nfe", quality, "latent_rmse", "n"]
     ks = sorted(int(k) for k in s.loc[s["algorithm"] != "sequential", "num_cores"].unique())
     if not ks:
         ks = [1]
@@ -135,7 +164,8 @@ def main_table(
         for method in sorted(m["method"].unique(), key=method_sort_key):
             mm = m[m["method"] == method]
             is_seq = bool((mm["algorithm"] == "sequential").all())
-            num, disp = [], []
+            num: dict[str, float] = {}
+            disp = []
             for k in ks:
                 if is_seq:
                     cell = mm.iloc[0]  # num_cores 1: the same cell in every K group
@@ -143,22 +173,14 @@ def main_table(
                     hit = mm[mm["num_cores"] == k]
                     cell = hit.iloc[0] if len(hit) else None
                 for metric in metrics:
-                    if is_seq and metric in ("speedup", "latent_rmse"):
-                        num.append(math.nan)
-                        disp.append(DASH)
-                    elif cell is None:
-                        num.append(math.nan)
-                        disp.append("")
-                    else:
-                        v = _value(cell, metric, time)
-                        num.append(v)
-                        disp.append(format_value(metric, v, decimals))
+                    nums, text = _cell(metric, cell, time, decimals, show_ci, is_seq and metric in ("speedup", "latent_rmse"))
+                    num.update({f"K{k}_{c}": v for c, v in nums.items()})
+                    disp.append(text)
             index.append((model, method))
             rows_num.append(num)
             rows_disp.append(disp)
     idx = pd.MultiIndex.from_tuples(index, names=["Model", "Method"])
-    num_cols = [f"K{k}_{'time_s' if mt == 'time' else mt}" for k in ks for mt in metrics]
-    numeric = pd.DataFrame(rows_num, index=idx, columns=num_cols)
+    numeric = pd.DataFrame(rows_num, index=idx)
     disp_cols = pd.MultiIndex.from_tuples([(f"Num Core = {k}", mt) for k in ks for mt in metrics])
     display = pd.DataFrame(rows_disp, index=idx, columns=disp_cols)
     what = "video diffusion models (VBench Quality)" if media == "video" else "image diffusion models (CLIP Score)"
@@ -176,7 +198,7 @@ def sequence_label(init_kind: str, init_t: str) -> str:
     return init_t or "?"
 
 
-def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict) -> Table | None:
+def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict, show_ci: bool = True) -> Table | None:
     s = _at_steps(summary[summary["algorithm"] == "chords"], steps)
     if s.empty:
         return None
@@ -190,29 +212,32 @@ def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict) -> Tabl
         key=lambda t: (-t[0], t[1] != "Ours", t[1] != "Uniform", t[1], t[2]),
     )
     rows_num, rows_disp = [], []
-    cols_num, cols_disp = [], []
-    for model in models:
+    cols_disp = []
+
+    def metrics_of(model: str) -> list[str]:
         media = s.loc[s["model"] == model, "media"].iloc[0]
-        for metric in ("speedup", QUALITY[media]):
-            cols_num.append(f"{model}_{metric}")
+        return ["speedup", "nfe", QUALITY[media], "latent_rmse", "n"]
+
+    for model in models:
+        for metric in metrics_of(model):
             cols_disp.append((model, metric))
     for k, seqlab, method in keys:
-        num, disp = [], []
+        num: dict[str, float] = {}
+        disp = []
         for model in models:
-            media = s.loc[s["model"] == model, "media"].iloc[0]
             sel = s[(s["model"] == model) & (s["num_cores"] == k) & (s["sequence"] == seqlab)]
             if need_method:
                 sel = sel[sel["method"] == method]
             cell = sel.iloc[0] if len(sel) else None
-            for metric in ("speedup", QUALITY[media]):
-                v = _value(cell, metric, "sample")
-                num.append(v)
-                disp.append("" if cell is None else format_value(metric, v, decimals))
+            for metric in metrics_of(model):
+                nums, text = _cell(metric, cell, "sample", decimals, show_ci)
+                num.update({f"{model}_{c}": v for c, v in nums.items()})
+                disp.append(text)
         rows_num.append(num)
         rows_disp.append(disp)
     names = ["Num Core", "Initialization Sequence"] + (["Method"] if need_method else [])
     idx = pd.MultiIndex.from_tuples([k if need_method else k[:2] for k in keys], names=names)
-    numeric = pd.DataFrame(rows_num, index=idx, columns=cols_num)
+    numeric = pd.DataFrame(rows_num, index=idx)
     display = pd.DataFrame(rows_disp, index=idx, columns=pd.MultiIndex.from_tuples(cols_disp))
     caption = "Ablation of the CHORDS initialization sequence; N per model: " + ", ".join(
         f"{m}={steps[m]}" for m in models
@@ -221,7 +246,7 @@ def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict) -> Tabl
 
 
 def table4(
-    summary: pd.DataFrame, algorithms: Sequence[str], time: str, decimals: dict
+    summary: pd.DataFrame, algorithms: Sequence[str], time: str, decimals: dict, show_ci: bool = True
 ) -> Table | None:
     algs = {a.lower() for a in algorithms} if algorithms else None
     s = summary[summary["algorithm"] != "sequential"]
@@ -230,7 +255,7 @@ def table4(
     if s.empty:
         return None
     medias = [m for m in ("video", "image") if m in set(s["media"])]
-    metrics = ["time", "speedup", *[QUALITY[m] for m in medias], "latent_rmse"]
+    metrics = ["time", "speedup", "nfe", *[QUALITY[m] for m in medias], "latent_rmse", "n"]
     s = s.sort_values(
         ["model", "method", "num_cores", "num_steps"],
         key=lambda c: c.map(method_sort_key) if c.name == "method" else c,
@@ -238,20 +263,18 @@ def table4(
     rows_num, rows_disp, index = [], [], []
     for r in s.itertuples(index=False):
         cell = pd.Series(r._asdict())
-        num, disp = [], []
+        num: dict[str, float] = {}
+        disp = []
         for metric in metrics:
-            if metric in QUALITY.values() and QUALITY[cell["media"]] != metric:
-                num.append(math.nan)
-                disp.append("")
-                continue
-            v = _value(cell, metric, time)
-            num.append(v)
-            disp.append(format_value(metric, v, decimals))
+            other = metric in QUALITY.values() and QUALITY[cell["media"]] != metric
+            nums, text = _cell(metric, None if other else cell, time, decimals, show_ci)
+            num.update(nums)
+            disp.append(text)
         index.append((cell["model"], cell["method"], int(cell["num_cores"]), int(cell["num_steps"])))
         rows_num.append(num)
         rows_disp.append(disp)
     idx = pd.MultiIndex.from_tuples(index, names=["Model", "Method", "Num Core", "Total Steps"])
-    numeric = pd.DataFrame(rows_num, index=idx, columns=["time_s" if m == "time" else m for m in metrics])
+    numeric = pd.DataFrame(rows_num, index=idx)
     display = pd.DataFrame(rows_disp, index=idx, columns=list(metrics))
     return Table("table4", "Parallel sampling with different numbers of diffusion steps N", numeric, display)
 
@@ -330,18 +353,19 @@ def build_tables(
     time: str,
     decimals: dict,
     table4_algorithms: Sequence[str] | None,
+    show_ci: bool = True,
 ) -> dict[str, Table]:
     """The requested tables that have data (a table without data is logged and skipped)."""
     built: dict[str, Table] = {}
     for name in names:
         if name == "table1":
-            t = main_table(summary, "video", steps, time, decimals, "table1")
+            t = main_table(summary, "video", steps, time, decimals, "table1", show_ci)
         elif name == "table2":
-            t = main_table(summary, "image", steps, time, decimals, "table2")
+            t = main_table(summary, "image", steps, time, decimals, "table2", show_ci)
         elif name == "table3":
-            t = table3(summary, steps, decimals)
+            t = table3(summary, steps, decimals, show_ci)
         elif name == "table4":
-            t = table4(summary, table4_algorithms or [], time, decimals)
+            t = table4(summary, table4_algorithms or [], time, decimals, show_ci)
         else:
             raise ValueError(name)
         if t is None:
@@ -350,3 +374,44 @@ def build_tables(
         else:
             built[name] = t
     return built
+
+
+def vbench_dimension_table(summary: pd.DataFrame, steps: dict[str, int], dimensions: Sequence[str], decimals: dict,
+                           show_ci: bool = True) -> Table | None:
+    """VBench per dimension next to the Quality Score, per video cell (model, method, K) at the
+    tables' N: each dimension's mean over the videos scored on it (standard mode: the videos of
+    that dimension's own prompts) and its n."""
+    from .vbench_quality import column
+
+    s = _at_steps(summary[summary["media"] == "video"], steps)
+    if s.empty:
+        return None
+    s = s.sort_values(["model", "method", "num_cores"], key=lambda c: c.map(method_sort_key) if c.name == "method" else c)
+    rows_num, rows_disp, index = [], [], []
+    dec = dict(decimals)
+    for r in s.itertuples(index=False):
+        cell = pd.Series(r._asdict())
+        num: dict[str, float] = {}
+        disp = []
+        for d in dimensions:
+            col = column(d)
+            v = _value(cell, col, "sample")
+            text = NA if math.isnan(v) else f"{100 * v:.{int(dec.get('vbench_quality', 1))}f}%"
+            lo, hi = _value(cell, col, "sample", "_lo"), _value(cell, col, "sample", "_hi")
+            if show_ci and not math.isnan(v) and math.isfinite(lo) and math.isfinite(hi):
+                text += f" [{100 * lo:.{int(dec.get('vbench_quality', 1))}f}, {100 * hi:.{int(dec.get('vbench_quality', 1))}f}]"
+            n = cell.get(f"n_{col}", math.nan)
+            text += f" (n={int(n)})" if isinstance(n, (int, float)) and math.isfinite(n) else ""
+            num.update({d: v, f"{d}_lo": lo, f"{d}_hi": hi, f"n_{d}": n})
+            disp.append(text)
+        nums, text = _cell("vbench_quality", cell, "sample", decimals, show_ci)
+        num.update(nums)
+        disp.append(text)
+        index.append((cell["model"], cell["method"], int(cell["num_cores"])))
+        rows_num.append(num)
+        rows_disp.append(disp)
+    idx = pd.MultiIndex.from_tuples(index, names=["Model", "Method", "Num Core"])
+    display = pd.DataFrame(rows_disp, index=idx, columns=[*dimensions, "vbench_quality"])
+    caption = ("VBench per dimension (mean over the videos scored on it, n) and the Quality Score; N per model: "
+               + ", ".join(f"{m}={n}" for m, n in sorted(steps.items()) if m in set(s["model"])))
+    return Table("vbench_dimensions", caption, pd.DataFrame(rows_num, index=idx), display)

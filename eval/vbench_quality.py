@@ -87,6 +87,72 @@ def column(dimension: str) -> str:
     return f"vbench_{dimension}"
 
 
+def quality_interval(columns: Mapping[str, Sequence[float] | None], allow_partial: bool = False, level: float = 0.95,
+                     resamples: int = 2000, seed: int = 0):
+    """A cell's Quality Score from its dimension means, with a percentile bootstrap over its runs
+    (eval/stats.py): runs are resampled, each dimension's mean over the resample (NaN-aware: in
+    standard mode a video has only its prompt's dimensions) renormalised and weighted."""
+    import numpy as np
+
+    from .stats import NAN_INTERVAL, bootstrap
+
+    present = {d: np.asarray(c, dtype=np.float64) for d, c in columns.items() if c is not None and d in QUALITY_DIMENSIONS}
+    if not present:
+        return NAN_INTERVAL
+    names = list(present)
+
+    def stat(*cols):
+        num = 0.0
+        den = 0.0
+        with np.errstate(invalid="ignore"):
+            for d, c in zip(names, cols):
+                lo, hi, w = QUALITY_DIMENSIONS[d]
+                m = np.nanmean(np.where(np.isfinite(c), c, np.nan), axis=-1) if c.shape[-1] else np.full(c.shape[:-1], np.nan)
+                ok = np.isfinite(m)
+                if not allow_partial:
+                    num = num + w * (m - lo) / (hi - lo)  # NaN propagates: a missing dimension, no score
+                    den = den + w
+                else:
+                    num = num + np.where(ok, w * (m - lo) / (hi - lo), 0.0)
+                    den = den + np.where(ok, w, 0.0)
+        if not allow_partial and len(names) < len(QUALITY_DIMENSIONS):
+            return np.full(np.shape(num), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(np.asarray(den) > 0, num / np.where(np.asarray(den) > 0, den, 1), np.nan)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN resample: NaN
+        return bootstrap([present[d] for d in names], stat, level, resamples, seed)
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Prompts compared as VBench lists them: whitespace runs collapsed to one space."""
+    return " ".join(str(prompt).split())
+
+
+def prompts_by_dimension(full_info: str | os.PathLike | None) -> dict[str, list[str]]:
+    """``{dimension: prompts}`` from VBench's VBench_full_info.json, each list in order of first
+    appearance, whitespace collapsed (VBench's standard protocol: each dimension is scored only on
+    its own prompts). Raises VBenchUnavailable (one line). scripts/vbench_prompts.py uses it too."""
+    if not full_info:
+        raise VBenchUnavailable("VBench_full_info.json not found in the VBench environment: set vbench.full_info=PATH "
+                                "(or vbench.mode=custom to score every video on every dimension)")
+    try:
+        data = json.loads(Path(full_info).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise VBenchUnavailable(f"{str(full_info)!r} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(data, list):
+        raise VBenchUnavailable(f"{str(full_info)!r} is not VBench's full-info list")
+    out: dict[str, dict[str, None]] = {}
+    for entry in data:
+        if isinstance(entry, dict) and isinstance(entry.get("prompt_en"), str):
+            for dim in entry.get("dimension") or []:
+                out.setdefault(str(dim), {})[normalize_prompt(entry["prompt_en"])] = None
+    return {d: list(ps) for d, ps in out.items()}
+
+
 def resolve_python(python: str | None) -> str:
     """The vbench environment's python, or VBenchUnavailable with the one-line fix."""
     python = python or os.environ.get("VBENCH_PYTHON")

@@ -92,7 +92,9 @@ def check(dimensions: list[str]) -> None:
         v = version("vbench")
     except Exception:  # noqa: BLE001
         v = "unknown"
-    answer({"ok": True, "vbench": v, "cache_dir": cache_dir(), "python": sys.executable})
+    full_info = os.path.join(os.path.dirname(__import__("vbench").__file__), "VBench_full_info.json")
+    answer({"ok": True, "vbench": v, "cache_dir": cache_dir(), "python": sys.executable,
+            "full_info": full_info if os.path.isfile(full_info) else None})
 
 
 def run(job_path: str) -> None:

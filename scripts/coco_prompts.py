@@ -8,7 +8,9 @@
 The sample (as in ParaDIGMS / SRDS / CHORDS, "1000 prompts from COCO2017 captions"): images of
 ``captions_val2017.json`` sorted by image id, ``--n`` of them drawn with
 ``random.Random(seed).sample``, and for each the caption with the lowest annotation id,
-whitespace collapsed to one line. Same file + same seed = same list, on any machine.
+whitespace collapsed to one line. Same file + same seed = same list, on any machine. The paper
+does not publish its 1000 captions: this draw is this project's own, fixed by the seed, so CLIP
+scores compare exactly between this project's runs and only approximately with the paper's.
 
 ``--captions`` takes ``captions_val2017.json`` or the official
 ``annotations_trainval2017.zip``; without it the zip is downloaded once into ``--cache-dir``

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 QUALITY = [
     "subject_consistency",
@@ -68,22 +71,14 @@ def find_full_info(explicit: Path | None, vbench_python: str | None) -> Path:
 
 
 def prompts_by_dimension(path: Path) -> dict[str, list[str]]:
+    """Eval's reading of the file (the same prompts eval's standard mode scores each dimension on)."""
+    from eval.vbench_quality import VBenchUnavailable
+    from eval.vbench_quality import prompts_by_dimension as read
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise Fail(f"{path} is not readable JSON ({type(e).__name__})") from None
-    if not isinstance(data, list):
-        raise Fail(f"{path} is not a VBench full-info list")
-    out: dict[str, list[str]] = {}
-    for entry in data:
-        if not isinstance(entry, dict) or not isinstance(entry.get("prompt_en"), str):
-            continue
-        prompt = " ".join(entry["prompt_en"].split())
-        for dim in entry.get("dimension") or []:
-            lst = out.setdefault(str(dim), [])
-            if prompt not in lst:
-                lst.append(prompt)
-    return out
+        return read(path)
+    except VBenchUnavailable as e:
+        raise Fail(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

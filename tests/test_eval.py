@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import re
 import subprocess
 import sys
@@ -214,6 +215,11 @@ def read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=True)
 
 
+def means(columns) -> list[str]:
+    """A table's columns without their interval bounds (``*_lo`` / ``*_hi``)."""
+    return [c for c in columns if not str(c).endswith(("_lo", "_hi"))]
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -238,8 +244,9 @@ def test_table2_every_number_by_hand(tmp_path):
     t2 = read_csv(out / "table2.csv").set_index(["Model", "Method"])
     assert list(t2.index) == [("tiny-img", "Sequential"), ("tiny-img", "ParaDIGMS"), ("tiny-img", "CHORDS"),
                               ("tiny-img", "CHORDS (uniform)")]
-    assert [c for c in t2.columns] == ["K4_time_s", "K4_speedup", "K4_clip_score", "K4_latent_rmse",
-                                       "K8_time_s", "K8_speedup", "K8_clip_score", "K8_latent_rmse"]
+    per_k = ["time_s", "time_s_lo", "time_s_hi", "speedup", "speedup_lo", "speedup_hi", "nfe", "nfe_lo", "nfe_hi",
+             "clip_score", "clip_score_lo", "clip_score_hi", "latent_rmse", "latent_rmse_lo", "latent_rmse_hi", "n"]
+    assert [c for c in t2.columns] == [f"K{k}_{c}" for k in (4, 8) for c in per_k]
     seq, pdm, ch, uni = (t2.loc[("tiny-img", m)] for m in ("Sequential", "ParaDIGMS", "CHORDS", "CHORDS (uniform)"))
     # Sequential: time = mean(2, 4) in both K groups; no speedup / RMSE.
     assert seq["K4_time_s"] == pytest.approx(3.0) and seq["K8_time_s"] == pytest.approx(3.0)
@@ -261,21 +268,35 @@ def test_table2_every_number_by_hand(tmp_path):
     assert pdm["K4_latent_rmse"] == pytest.approx(0.1)
     # CLIP not enabled: quality columns empty.
     assert t2["K4_clip_score"].isna().all()
+    # n, NFE and 95% intervals: t-interval of the mean over the two prompts, bootstrap for speedup.
+    from scipy.stats import t as student
+
+    half = student.ppf(0.975, 1) * statistics.stdev([0.1, 0.3]) / math.sqrt(2)
+    assert ch["K4_n"] == 2 and seq["K4_n"] == 2 and ch["K4_nfe"] == pytest.approx(200)
+    assert ch["K4_latent_rmse_lo"] == pytest.approx(0.2 - half) and ch["K4_latent_rmse_hi"] == pytest.approx(0.2 + half)
+    assert ch["K4_speedup_lo"] == pytest.approx(50 / 21) and ch["K4_speedup_hi"] == pytest.approx(50 / 21)
+    assert ch["K4_nfe_lo"] == pytest.approx(200) and ch["K4_nfe_hi"] == pytest.approx(200)
+    assert pdm["K4_speedup_lo"] == pytest.approx(50 / 40) and pdm["K4_speedup_hi"] == pytest.approx(50 / 30)
 
     md = (out / "table2.md").read_text()
     row = next(ln for ln in md.splitlines() if "| CHORDS |" in ln.replace("  ", " ") or re.search(r"\|\s+CHORDS\s+\|", ln))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # Model, Method, K4: time speedup clip rmse, K8: time speedup clip rmse (paper's decimals)
-    assert cells == ["tiny-img", "CHORDS", "1.5", "2.4", "n/a", "0.200", "1.0", "2.9", "n/a", "0.200"]
+    # Model, Method, K4: time speedup nfe clip rmse n, K8: the same (paper's decimals, mean [95% CI])
+    lo, hi = 0.2 - half, 0.2 + half
+    assert cells[:8] == ["tiny-img", "CHORDS", "1.5 [-4.9, 7.9]", "2.4 [2.4, 2.4]", "200 [200, 200]", "n/a",
+                         f"0.200 [{lo:.3f}, {hi:.3f}]", "2"]
+    assert cells[9] == "2.9 [2.9, 2.9]" and cells[10] == "136 [136, 136]"
     seq_row = next(ln for ln in md.splitlines() if re.search(r"\|\s+Sequential\s+\|", ln))
-    assert [c.strip() for c in seq_row.strip("|").split("|")] == ["tiny-img", "Sequential", "3.0", "-", "n/a", "-",
-                                                                  "3.0", "-", "n/a", "-"]
+    seq_cells = [c.strip() for c in seq_row.strip("|").split("|")]
+    assert seq_cells[:2] == ["tiny-img", "Sequential"] and seq_cells[2].startswith("3.0 [")
+    assert seq_cells[3] == "-" and seq_cells[4] == "50 [50, 50]" and seq_cells[5:8] == ["n/a", "-", "2"]
     uni_row = next(ln for ln in md.splitlines() if "uniform" in ln)
-    assert [c.strip() for c in uni_row.strip("|").split("|")][6:] == ["", "", "", ""]
+    assert [c.strip() for c in uni_row.strip("|").split("|")][8:] == ["", "", "", "", "", ""]
     header = md.splitlines()[2]
-    assert "K=4 Time per sample (s) ↓" in header and "K=8 Latent RMSE ↓" in header
+    assert "K=4 Time per sample (s) ↓" in header and "K=8 Latent RMSE ↓" in header and "K=4 NFE ↓" in header
+    assert "K=4 n" in header and "95% CI" in md.splitlines()[0]
     tex = (out / "table2.tex").read_text()
-    assert r"\multicolumn{4}{c}{Num Core = 4}" in tex and r"Speedup $\uparrow$" in tex and "\\begin{tabular}" in tex
+    assert r"\multicolumn{6}{c}{Num Core = 4}" in tex and r"Speedup $\uparrow$" in tex and "\\begin{tabular}" in tex
 
     # Wall-clock ratio is reported separately (summary), never as "Speedup".
     s = res.summary.set_index(["method", "num_cores"])
@@ -308,8 +329,8 @@ def test_table3_init_sequence_ablation(tmp_path):
     run_eval(eval_cfg(tmp_path, [tmp_path / "out"]))
     out = tmp_path / "eval_out"
     t3 = read_csv(out / "table3.csv")
-    assert list(t3.columns) == ["Num Core", "Initialization Sequence", "tiny-img_speedup", "tiny-img_clip_score",
-                                "tiny-vid_speedup", "tiny-vid_vbench_quality"]
+    assert means(t3.columns) == ["Num Core", "Initialization Sequence", *[f"{m}_{c}" for m, q in (
+        ("tiny-img", "clip_score"), ("tiny-vid", "vbench_quality")) for c in ("speedup", "nfe", q, "latent_rmse", "n")]]
     rows = {(r["Num Core"], r["Initialization Sequence"]): r for _, r in t3.iterrows()}
     assert list(rows) == [(8, "Ours"), (4, "Ours"), (4, "Uniform")]  # K descending, Ours first
     assert rows[(8, "Ours")]["tiny-img_speedup"] == pytest.approx(50 / 17)
@@ -318,7 +339,9 @@ def test_table3_init_sequence_ablation(tmp_path):
     assert rows[(4, "Ours")]["tiny-vid_speedup"] == pytest.approx(50 / 20)
     assert rows[(4, "Uniform")]["tiny-img_speedup"] == pytest.approx(2.0)
     md = (out / "table3.md").read_text()
-    assert re.search(r"\|\s+4\s+\|\s+Uniform\s+\|\s+2\.0\s+\|\s+n/a\s+\|\s+\|\s+\|", md), md
+    row = next(ln for ln in md.splitlines() if "Uniform" in ln)
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "4", "Uniform", "2.0 [2.0, 2.0]", "200 [200, 200]", "n/a", "0.500 [0.500, 0.500]", "2", "", "", "", "", ""]
 
 
 def test_table1_and_table4_step_counts(tmp_path):
@@ -334,7 +357,7 @@ def test_table1_and_table4_step_counts(tmp_path):
     assert any("mixed step counts" in p and "N=50" in p and "100" in p for p in res.problems)
     # Table 4: every N.
     t4 = read_csv(out / "table4.csv").set_index(["Model", "Method", "Num Core", "Total Steps"])
-    assert list(t4.columns) == ["time_s", "speedup", "vbench_quality", "latent_rmse"]
+    assert means(t4.columns) == ["time_s", "speedup", "nfe", "vbench_quality", "latent_rmse", "n"]
     assert t4.loc[("tiny-vid", "CHORDS", 4, 50), "speedup"] == pytest.approx(2.5)
     assert t4.loc[("tiny-vid", "CHORDS", 4, 100), "speedup"] == pytest.approx(100 / 40)
     assert t4.loc[("tiny-vid", "CHORDS", 4, 100), "latent_rmse"] == pytest.approx(0.25)
@@ -376,7 +399,7 @@ def test_filters(tmp_path):
     cells = set(zip(res.summary["method"], res.summary["num_cores"]))
     assert cells == {("Sequential", 1), ("CHORDS", 8)}  # Sequential always stays
     t2 = read_csv(tmp_path / "eval_out" / "table2.csv")
-    assert list(t2.columns)[2:] == ["K8_time_s", "K8_speedup", "K8_clip_score", "K8_latent_rmse"]
+    assert means(t2.columns)[2:] == ["K8_time_s", "K8_speedup", "K8_nfe", "K8_clip_score", "K8_latent_rmse", "K8_n"]
     assert set(res.summary["model"]) == {"tiny-img"}
 
 
@@ -502,7 +525,7 @@ def test_partial_corrupt_unpaired_runs_are_reported_and_left_out(tmp_path, caplo
     assert math.isnan(t2.loc[("tiny-img", "ParaDIGMS"), "K8_latent_rmse"])  # RMSE left out
     md = (tmp_path / "eval_out" / "table2.md").read_text()
     pdm = next(ln for ln in md.splitlines() if "ParaDIGMS" in ln)
-    assert [c.strip() for c in pdm.strip("|").split("|")][6:] == ["1.0", "2.0", "n/a", "n/a"]
+    assert [c.strip() for c in pdm.strip("|").split("|")][8:] == ["1.0", "2.0", "200", "n/a", "n/a", "1"]
     assert any(r.levelname == "WARNING" for r in caplog.records)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eval.cli import main, run_eval
-from eval.vbench_quality import QUALITY_DIMENSIONS, VBenchUnavailable, evaluate_videos, preflight, quality_score
+from eval.vbench_quality import QUALITY_DIMENSIONS, VBenchUnavailable, column, evaluate_videos, preflight, quality_score
 from tests.test_eval import eval_cfg, read_csv, shifted, write_run
 
 VBENCH_PYTHON = os.environ.get("VBENCH_PYTHON")
@@ -132,7 +132,7 @@ def test_table1_vbench_column_through_the_pipeline(tmp_path):
     write_run(root, model="tiny-vid", media="video", prompt=p, video=vids["still"])
     write_run(root, model="tiny-vid", media="video", algorithm="chords", prompt=p, num_cores=4, init_t=[0, 8, 16, 32],
               hits=[(4, 20, shifted(p, 0, 0.4))], rounds=50, video=vids["flicker"])
-    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={VBENCH_PYTHON}", "vbench.enabled=true",
+    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={VBENCH_PYTHON}", "vbench.enabled=true", "vbench.mode=custom",
                             "vbench.dimensions=[temporal_flickering]", "vbench.allow_partial=true", "figures=[]"))
     t1 = read_csv(tmp_path / "eval_out" / "table1.csv").set_index(["Model", "Method"])
     for method, video in (("Sequential", "still"), ("CHORDS", "flicker")):
@@ -141,7 +141,7 @@ def test_table1_vbench_column_through_the_pipeline(tmp_path):
     md = (tmp_path / "eval_out" / "table1.md").read_text()
     assert "%" in md
     # Without allow_partial a single dimension gives no Quality Score ("n/a"), never a wrong one.
-    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={VBENCH_PYTHON}", "vbench.enabled=true",
+    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={VBENCH_PYTHON}", "vbench.enabled=true", "vbench.mode=custom",
                             "vbench.dimensions=[temporal_flickering]", "figures=[]"))
     assert res.summary["vbench_quality"].isna().all()
     assert res.summary["vbench_temporal_flickering"].notna().all()
@@ -194,3 +194,82 @@ def test_per_video_values_as_vbench_writes_them_give_a_realistic_quality_score(t
     ) / 6.5
     assert quality_score(got["run"]) == pytest.approx(expected)
     assert 0.75 < quality_score(got["run"]) < 0.85
+
+
+# --------------------------------------------------------------------------- standard mode (a fake VBench)
+
+FAKE_WORKER = r"""
+import json, os, sys
+log, full_info = os.environ["FAKE_VBENCH_LOG"], os.environ["FAKE_VBENCH_FULL_INFO"]
+cmd = sys.argv[2]
+if cmd == "check":
+    print(json.dumps({"ok": True, "vbench": "fake", "cache_dir": "-", "python": sys.executable, "full_info": full_info}))
+    sys.exit(0)
+job = json.load(open(sys.argv[3]))
+with open(log, "a") as f:
+    f.write(json.dumps({"dimensions": job["dimensions"], "prompts": sorted(job["prompts"].values())}) + "\n")
+# a per-video value that depends on the prompt and the dimension: 0.5 + len(prompt) / 1000 + 0.01 * rank of the dimension
+dims = sorted(job["dimensions"])
+# (imaging quality per video on MUSIQ's 0-100, as VBench 0.1.5 writes it)
+scale = {"imaging_quality": 100.0}
+per = {name: {d: scale.get(d, 1.0) * (0.5 + len(p) / 1000 + 0.01 * dims.index(d)) for d in job["dimensions"]}
+       for name, p in job["prompts"].items()}
+print(json.dumps({"ok": True, "per_video": per}))
+"""
+
+
+def fake_vbench(tmp_path: Path, info: list[dict]) -> tuple[str, Path]:
+    worker = tmp_path / "fake_worker.py"
+    worker.write_text(FAKE_WORKER)
+    python = tmp_path / "fake-python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {worker} \"$@\"\n")
+    python.chmod(0o755)
+    fi = tmp_path / "VBench_full_info.json"
+    fi.write_text(json.dumps(info))
+    log = tmp_path / "calls.jsonl"
+    os.environ["FAKE_VBENCH_LOG"], os.environ["FAKE_VBENCH_FULL_INFO"] = str(log), str(fi)
+    return str(python), log
+
+
+def test_standard_mode_scores_each_dimension_only_on_its_own_prompts(tmp_path, monkeypatch):
+    """VBench's standard protocol: a dimension is scored only on the prompts tagged with it in
+    VBench_full_info.json; the per-dimension table lists each with its n; the Quality Score of a
+    cell comes from its dimension means; fewer than 5 seeds per prompt is reported."""
+    monkeypatch.setenv("FAKE_VBENCH_LOG", "")
+    dims = list(QUALITY_DIMENSIONS)
+    pa, pb = "a dog running", "a quiet beach at dawn"
+    info = [{"prompt_en": pa, "dimension": dims[:4]}, {"prompt_en": "a quiet  beach\nat dawn", "dimension": dims[4:]},
+            {"prompt_en": "never sampled", "dimension": dims}]
+    python, log = fake_vbench(tmp_path, info)
+    root = tmp_path / "runs"
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0")
+    for seed in (0, 1):
+        for p in (pa, pb, "a prompt VBench does not have"):
+            write_run(root, model="tiny-vid", media="video", prompt=p, seed=seed, video=video)
+            write_run(root, model="tiny-vid", media="video", algorithm="chords", prompt=p, seed=seed, num_cores=4,
+                      init_t=[0, 8, 16, 32], hits=[(4, 21, shifted(p, seed, 0.1))], rounds=50, video=video)
+    res = run_eval(eval_cfg(tmp_path, [root], f"vbench.python={python}", "vbench.enabled=true", "figures=[]"))
+    calls = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert sorted(tuple(c["dimensions"]) for c in calls) == sorted([tuple(dims[:4]), tuple(dims[4:])])
+    for c in calls:
+        assert set(c["prompts"]) == ({pa} if c["dimensions"] == dims[:4] else {pb})
+    s = res.summary.set_index("method")
+    dsorted = {d: sorted(dims[:4]).index(d) if d in dims[:4] else sorted(dims[4:]).index(d) for d in dims}
+    for d in dims:
+        p = pa if d in dims[:4] else pb
+        assert s.loc["CHORDS", column(d)] == pytest.approx(0.5 + len(p) / 1000 + 0.01 * dsorted[d])
+        assert s.loc["CHORDS", f"n_{column(d)}"] == 2  # two seeds of its one prompt
+    expected = quality_score({d: s.loc["CHORDS", column(d)] for d in dims})
+    assert s.loc["CHORDS", "vbench_quality"] == pytest.approx(expected)
+    assert s.loc["CHORDS", "vbench_quality_lo"] <= expected <= s.loc["CHORDS", "vbench_quality_hi"]
+    assert any("not in VBench_full_info.json" in p and "1 " not in p[:3] for p in res.problems)
+    assert any("sample(s) per prompt; VBench's standard protocol uses 5" in p for p in res.problems)
+    table = (tmp_path / "eval_out" / "vbench_dimensions.md").read_text()
+    assert "subject_consistency" in table and "(n=2)" in table and "vbench_quality" in table.replace("VBench Quality", "vbench_quality")
+    # custom mode: every video on every dimension, in one call
+    log.write_text("")
+    run_eval(eval_cfg(tmp_path, [root], f"vbench.python={python}", "vbench.enabled=true", "vbench.mode=custom",
+                      "figures=[]", "cache=false", f"out={tmp_path / 'eo_custom'}"))
+    calls = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert len(calls) == 1 and len(calls[0]["prompts"]) == 12
