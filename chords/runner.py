@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 import chords
 from chords.backends import LocalBackend, ProcessBackend, thread_setting
+from chords.backends.processes import release_torchrun_ranks, serve_torchrun, torchrun_env
 from chords.config import RunSpec, validate
 from chords.core import Hit, Sequential, sample
 from chords.models.base import Adapter, Encoded
@@ -70,8 +71,10 @@ def versions() -> dict[str, str]:
 
 
 def _device(cfg: DictConfig) -> torch.device:
+    """Rank 0's device: ``cuda:0``, or ``cuda:LOCAL_RANK`` under torchrun."""
     dev = cfg.hardware.get("device", "cpu")
-    return torch.device("cuda:0" if dev == "cuda" else dev)
+    env = torchrun_env() if cfg.hardware.get("launcher", "spawn") == "torchrun" else None
+    return torch.device(f"cuda:{env['local_rank'] if env else 0}" if dev == "cuda" else dev)
 
 
 class Clock:
@@ -129,8 +132,9 @@ def reference_hardware(cfg: DictConfig) -> dict:
 
 def make_backend(cfg: DictConfig, spec: RunSpec, adapter: Adapter):
     hw = cfg.hardware
+    max_batch = hw.get("max_batch")
     if hw.backend == "local":
-        return LocalBackend(adapter, hw.get("mode", "loop"))
+        return LocalBackend(adapter, hw.get("mode", "loop"), max_batch)
     return ProcessBackend(
         adapter,
         cfg.model.adapter,
@@ -141,6 +145,9 @@ def make_backend(cfg: DictConfig, spec: RunSpec, adapter: Adapter):
         timeout_s=float(hw.get("timeout_s", 120)),
         load_timeout_s=float(hw.get("load_timeout_s", 600)),
         threads_per_process=int(hw.get("threads_per_process", 1)),
+        num_cores=int(spec.algorithm.num_cores),
+        max_batch=max_batch,
+        launcher=str(hw.get("launcher", "spawn")),
     )
 
 
@@ -251,13 +258,10 @@ def _resolved_algo(cfg: DictConfig, spec: RunSpec) -> dict:
 
 def warm_up(backend: Any, enc: Encoded, num_cores: int, clock: Clock) -> dict:
     """One forward on every rank before the first prompt is timed: a full round of ``x0`` at
-    grid index 0 (rank r evaluates one state; a local backend evaluates them all). Kernels are
+    grid index 0 (each rank evaluates its largest share; the local loop one state). Kernels are
     compiled, caches filled and memory allocated here, not inside the first run's clock."""
     backend.set_condition(enc.cond)
-    if isinstance(backend, LocalBackend):
-        b = int(num_cores) if backend.mode == "batched" else 1
-    else:
-        b = max(1, min(int(num_cores), int(backend.world_size)))
+    b = 1 if isinstance(backend, LocalBackend) and backend.mode == "loop" else max(1, int(num_cores))
     xs = torch.stack([enc.x0] * b)
     clock.start()
     with torch.no_grad():
@@ -369,6 +373,9 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     its timing is the same. Several runs may share an output tree (see :class:`_Session`).
     """
     spec = spec or validate(cfg)
+    if cfg.hardware.get("launcher", "spawn") == "torchrun" and (torchrun_env() or {}).get("rank", 0) != 0:
+        serve_rank(cfg, spec)  # a torchrun worker rank: serve rank 0's rounds, write nothing
+        return []
     config = OmegaConf.to_container(cfg, resolve=True)
     algo_cfg = _resolved_algo(cfg, spec)
     seq_cfg = reference_algo()
@@ -388,6 +395,9 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     log.info("%d prompt(s), %d to sample (%s, %s, K=%d, N=%d)", len(jobs), len(pending), cfg.model.model_name,
              spec.algo_tag, spec.algorithm.num_cores, spec.num_steps)
     if not pending:
+        if cfg.hardware.get("launcher", "spawn") == "torchrun":  # the other ranks wait for rank 0: let them go
+            release_torchrun_ranks(str(cfg.hardware.get("dist_backend", "gloo")), int(spec.algorithm.num_cores),
+                                   float(cfg.hardware.get("load_timeout_s", 1800)))
         return [(_skipped(j.prompt, j.folder), _skipped(j.prompt, j.ref) if j.ref else None) for j in jobs]
 
     t_load = time.perf_counter()
@@ -409,6 +419,21 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
         for i in busy:
             results[i] = session.do(jobs[i], wait=True)
     return [results[i] for i in range(len(jobs))]
+
+
+def serve_rank(cfg: DictConfig, spec: RunSpec) -> None:
+    """A torchrun rank other than 0: load the denoiser, serve every round rank 0 sends, until STOP."""
+    hw = cfg.hardware
+    serve_torchrun(
+        cfg.model.adapter,
+        OmegaConf.to_container(cfg.model, resolve=True),
+        device_type=str(hw.get("device", "cpu")),
+        dist_backend=str(hw.get("dist_backend", "gloo")),
+        num_cores=int(spec.algorithm.num_cores),
+        max_batch=hw.get("max_batch"),
+        threads_per_process=int(hw.get("threads_per_process", 1)),
+        load_timeout_s=float(hw.get("load_timeout_s", 1800)),
+    )
 
 
 def _skipped(prompt: str, folder: Path) -> Outcome:
