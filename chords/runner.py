@@ -26,7 +26,7 @@ import chords
 from chords.backends import LocalBackend, ProcessBackend, thread_setting
 from chords.backends.processes import release_torchrun_ranks, serve_torchrun, torchrun_env
 from chords.config import RunSpec, validate
-from chords.core import Hit, Sequential, sample
+from chords.core import Hit, SampleResult, Sequential, sample
 from chords.models.base import Adapter, Encoded
 from chords.config import CONFIG_DIR
 from chords.rundir import (
@@ -196,7 +196,23 @@ def sample_prompt(
     result = sample(algorithm, velocity, enc.x0, enc.step, enc.num_steps, stop=stop, callback=on_hit)
     sample_s = clock.elapsed()
     bar.close()
+    return write_run(cfg, adapter, algorithm, result, stamps, sample_s, enc, encode_s, folder, ctx)
 
+
+def write_run(
+    cfg: DictConfig,
+    adapter: Adapter,
+    algorithm: Any,
+    result: SampleResult,
+    stamps: list[float],
+    sample_s: float,
+    enc: Encoded,
+    encode_s: float,
+    folder: Path,
+    ctx: RunContext,
+) -> Outcome:
+    """Decode ``result`` and write its run folder atomically (``stamps``: each hit's wall time)."""
+    prompt = ctx.identity["prompt"]
     with atomic_folder(folder, overwrite=bool(cfg.overwrite)) as tmp:
         t1 = time.perf_counter()
         stem = "video" if adapter.media == "video" else "image"
@@ -364,6 +380,66 @@ class _Session:
                 refo = _skipped(job.prompt, job.ref)
         return main, refo
 
+    def references_on_ranks(self, jobs: list[Job]) -> None:
+        """The sequential references still to make, run concurrently, one per rank (rank 0
+        included), before the main runs; W at a time on W ranks.
+
+        Each is the same computation as the in-process reference (the same x0, conditioning,
+        step and thread setting, one state per forward): bitwise the same output. Its timing is
+        the clock of the rank that ran it; its identity stays hardware ``local``, world size 1
+        (:func:`reference_hardware`): a reference is one process alone with its device, wherever
+        it ran. A reference folder another run is writing is left to :meth:`do`.
+        """
+        start = getattr(self.backend, "start_sequential", None)
+        width = int(self.backend.world_size)
+        if start is None or width < 2:
+            return
+        todo = [j for j in jobs if j.ref is not None and self._needs(j.ref)]
+        for first in range(0, len(todo), width):
+            locks: dict[Path, FolderLock] = {}
+            try:
+                batch = []
+                for job in todo[first : first + width]:
+                    lock = FolderLock(job.ref, self.root)
+                    if not lock.acquire(blocking=False):
+                        continue
+                    if not self.overwrite and is_complete(job.ref):
+                        lock.release()
+                        continue
+                    locks[job.ref] = lock
+                    batch.append(job)
+                if batch:
+                    self._references(batch)
+            finally:
+                for lock in locks.values():
+                    lock.release()
+
+    def _references(self, batch: list[Job]) -> None:
+        clock = Clock(self.device)
+        encs: list[tuple[Encoded, float]] = []
+        for job in batch:
+            clock.start()
+            with torch.no_grad():
+                enc = self.adapter.encode(job.prompt, int(self.cfg.model.seed))
+            encs.append((enc, clock.elapsed()))
+        if self.warmup is None:
+            self.warmup = warm_up(self.backend, encs[0][0], self.spec.algorithm.num_cores, clock)
+            log.info("warm-up forward (%d state(s)): %.3fs", self.warmup["states"], self.warmup["seconds"])
+        for rank, (enc, _) in enumerate(encs[1:], start=1):
+            self.backend.start_sequential(rank, enc.x0, enc.cond, enc.step, enc.num_steps)
+        names = device_names(self.device, self.backend.world_size)
+        for rank, (job, (enc, encode_s)) in enumerate(zip(batch, encs)):
+            clean_partial(job.ref)
+            ctx = RunContext(job.ref_identity or {}, self.seq_cfg, "local", 1, [names[rank]], self.warmup, False, "sequential")
+            if rank == 0:
+                sample_prompt(self.cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref, ctx)
+                continue
+            got = self.backend.finish_sequential(rank, enc.num_steps)
+            hits = [Hit(core, rnd, x.to(self.device)) for core, rnd, x in got["hits"]]
+            result = SampleResult(hits, hits[got["stopped_at"]].x, got["rounds"], got["nfe"], got["stopped_at"])
+            write_run(self.cfg, self.adapter, Sequential(), result, got["stamps"], got["sample_s"], enc, encode_s, job.ref, ctx)
+            log.info("%s: sequential reference on rank %d, %.2fs -> %s", job.prompt[:60], rank, got["sample_s"], job.ref)
+
 
 def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Outcome | None]]:
     """Run every prompt; return (outcome, sequential reference or None) per prompt.
@@ -409,6 +485,8 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     with threads, make_backend(cfg, spec, adapter) as backend:  # every rank computes with the same threads
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
         session = _Session(cfg, spec, adapter, backend, device, algo_cfg, seq_cfg)
+        if want_ref:
+            session.references_on_ranks(jobs)
         busy = []
         for i, job in enumerate(tqdm(jobs, desc="prompts", unit="prompt", disable=None)):
             got = session.do(job, wait=False)
@@ -432,7 +510,6 @@ def serve_rank(cfg: DictConfig, spec: RunSpec) -> None:
         num_cores=int(spec.algorithm.num_cores),
         max_batch=hw.get("max_batch"),
         threads_per_process=int(hw.get("threads_per_process", 1)),
-        load_timeout_s=float(hw.get("load_timeout_s", 1800)),
     )
 
 

@@ -170,3 +170,25 @@ def test_torchrun_two_nodes_on_loopback_equal_single_process(tmp_path):
         s = json.loads((f / "stats.json").read_text())
         assert (s["hardware"], s["world_size"], s["num_cores"]) == ("multinode", 4, 6)
         assert torch.equal(load_file(str(f / "latents.safetensors"))["output"], by_prompt[s["prompt"]])
+
+
+def test_references_spread_over_ranks_equal_references_on_rank_0(tmp_path, monkeypatch, caplog):
+    """reference=true on 3 ranks: 4 references, 3 at a time (ranks 0, 1, 2, then rank 0), with
+    the same folders (identity: hardware local, world size 1) and bitwise the same latents as
+    references made in-process on rank 0 (hardware=local)."""
+    monkeypatch.chdir(ROOT)
+    caplog.set_level("INFO", logger="chords.runner")
+    common = ["model.num_inference_steps=16", "algo.num_cores=3", "algo.init_t=0-4-8", "reference=true",
+              "prompt_file=prompts/digits_demo.txt"]
+    spread = run(compose([f"output_base_path={tmp_path / 'cpu'}", "hardware=cpu", "ngpu=3", *common]))
+    on_ranks = sorted(r.message.split("sequential reference on ")[1][:6] for r in caplog.records if "sequential reference on rank" in r.message)
+    assert on_ranks == ["rank 1", "rank 2"]
+    local = run(compose([f"output_base_path={tmp_path / 'local'}", "hardware=local", *common]))
+    assert len(spread) == 4
+    for (_, a), (_, b) in zip(spread, local):
+        assert a.folder.relative_to(tmp_path / "cpu") == b.folder.relative_to(tmp_path / "local")
+        sa, sb = (json.loads((f.folder / "stats.json").read_text()) for f in (a, b))
+        assert (sa["hardware"], sa["world_size"], sa["rounds"], sa["key"]) == ("local", 1, 16, sb["key"])
+        la, lb = (load_file(str(f.folder / "latents.safetensors")) for f in (a, b))
+        assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
+        assert len(sa["hits"]) == 1 and sa["hits"][0]["wall_s"] > 0

@@ -48,6 +48,7 @@ same protocol runs on GPUs with ``dist_backend="nccl"`` and ``device_type="cuda"
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
 import os
 import signal
@@ -72,7 +73,7 @@ from chords.models.base import Adapter, load_adapter_class
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
-STOP, EVAL, COND = 0, 1, 2
+STOP, EVAL, COND, REF = 0, 1, 2, 3
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
@@ -251,6 +252,10 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
                 cond = {k: v.to(device) for k, v in msg[0].items()}
                 shape, buffers = tuple(msg[1]), {}
                 continue
+            if cmd == REF:
+                job = _recv_object(0, comm)
+                _send_object(run_sequential(adapter, *job, max_batch=max_batch), 0, comm)
+                continue
             assert shape is not None, "EVAL before COND"
             state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
             x = buffers.get((state_dtype, n))
@@ -259,6 +264,50 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
             dist.recv(x, 0)
             v = forward(adapter, x.to(device), header[4 : 4 + n].to(device), cond, max_batch)
             dist.send(v.to(comm, reply_dtype).contiguous(), 0)
+
+
+def _send_object(obj: Any, rank: int, comm: torch.device) -> None:
+    """Pickle ``obj`` (tensors on the CPU) and send its size, then its bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    dist.send(torch.tensor([data.numel()], dtype=torch.long, device=comm), rank)
+    dist.send(data.to(comm), rank)
+
+
+def _recv_object(rank: int, comm: torch.device, timeout: timedelta | None = None) -> Any:
+    """The counterpart of :func:`_send_object`; with ``timeout``, the size is awaited that long."""
+    size = torch.zeros(1, dtype=torch.long, device=comm)
+    work = dist.irecv(size, rank)
+    ok = work.wait(timeout) if timeout is not None else work.wait()
+    if ok is False:
+        raise TimeoutError(f"no answer within {timeout}")
+    data = torch.empty(int(size[0]), dtype=torch.uint8, device=comm)
+    dist.recv(data, rank)
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=False)
+
+
+def run_sequential(adapter: Adapter, x0: Tensor, cond: Mapping[str, Tensor], step: Any, num_steps: int,
+                   max_batch: int | None = None) -> dict[str, Any]:
+    """A sequential reference on this rank's device: its hits (on the CPU), rounds, nfe and
+    wall times from this rank's clock (CUDA synchronised before each reading)."""
+    from chords.core import Sequential, sample
+
+    device = adapter.device
+    cond = {k: v.to(device) for k, v in cond.items()}
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    stamps: list[float] = []
+    t0 = now()
+    result = sample(Sequential(), lambda xs, steps: forward(adapter, xs, steps, cond, max_batch), x0.to(device), step,
+                    num_steps, callback=lambda hit: stamps.append(now() - t0))
+    sample_s = now() - t0
+    return {"hits": [(h.core, h.round, h.x.cpu()) for h in result.hits], "rounds": result.rounds, "nfe": result.nfe,
+            "stopped_at": result.stopped_at, "stamps": stamps, "sample_s": sample_s}
 
 
 def serve_torchrun(
@@ -270,7 +319,6 @@ def serve_torchrun(
     num_cores: int,
     max_batch: int | None = None,
     threads_per_process: int = 1,
-    load_timeout_s: float = 1800.0,
 ) -> None:
     """A non-zero rank under ``torchrun``: load the denoiser on ``cuda:LOCAL_RANK`` (or the CPU),
     join the group (``env://``) and serve rank 0 until it sends STOP. Writes nothing."""
@@ -284,8 +332,9 @@ def serve_torchrun(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     adapter = load_adapter_class(adapter_path)(dict(model_cfg), device, "denoiser")
-    dist.init_process_group(dist_backend, init_method="env://", rank=rank, world_size=env["world_size"],
-                            timeout=timedelta(seconds=load_timeout_s))
+    # as spawned workers: wait for rank 0 as long as it takes between prompts (it encodes, decodes,
+    # samples references); rank 0 bounds every round itself, and a rank 0 that dies closes our sockets
+    dist.init_process_group(dist_backend, init_method="env://", rank=rank, world_size=env["world_size"], timeout=_IDLE_TIMEOUT)
     try:
         serve(adapter, torch.device("cpu") if dist_backend == "gloo" else device, share_cap(num_cores, env["world_size"]), max_batch)
     except RuntimeError as e:
@@ -645,6 +694,29 @@ class ProcessBackend:
         self.bytes_total += moved
         log.debug("round of %d state(s) on %d rank(s): %d bytes moved", b, len(busy) + 1, moved)
         return torch.cat([v0, *(o.to(v0.device) for o in outs)])
+
+    # ---------------------------------------------------------------- references on every rank
+    def start_sequential(self, rank: int, x0: Tensor, cond: Mapping[str, Tensor], step: Any, num_steps: int) -> None:
+        """Have worker ``rank`` (>= 1) sample a sequential reference by itself; collect it with
+        :meth:`finish_sequential`. Meanwhile rank 0 is free (to sample its own reference)."""
+        try:
+            self._wait(self._send_header(rank, REF), rank)
+            job = (x0.detach().cpu(), {k: v.detach().cpu() for k, v in cond.items()}, step, int(num_steps))
+            _send_object(job, rank, self.comm)
+        except WorkerError:
+            raise
+        except Exception as e:
+            raise WorkerError(f"{self._name(rank)} did not take a reference job ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
+
+    def finish_sequential(self, rank: int, num_steps: int) -> dict[str, Any]:
+        """The reference started on ``rank``: hits, rounds, nfe, stamps and sample_s (see
+        :func:`run_sequential`). It may take ``num_steps`` rounds of ``timeout_s`` each."""
+        timeout = self.timeout * max(1, int(num_steps))
+        try:
+            return _recv_object(rank, self.comm, timeout)
+        except Exception as e:
+            raise WorkerError(f"{self._name(rank)} did not return its reference within {timeout.total_seconds():g}s "
+                              f"({self._describe(rank)}): {str(e).splitlines()[0]}") from None
 
     def close(self, error: bool = False) -> None:
         with self._lock:
