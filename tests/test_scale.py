@@ -66,16 +66,21 @@ def local_outputs():
     return ad, enc, _outputs(LocalBackend(ad, "loop"), ad, enc)
 
 
-@pytest.mark.parametrize("world,max_batch", [(2, 3), (4, None)])
-def test_k_cores_on_fewer_ranks_equal_local_bitwise(local_outputs, world, max_batch):
-    """K = 2, 4, 8 on 2 ranks (micro-batches of 3) and on 4 ranks (shares of 2 in one forward)."""
+@pytest.mark.parametrize("world,max_batch,shm", [(2, 3, True), (4, None, False)])
+def test_k_cores_on_fewer_ranks_equal_local_bitwise(local_outputs, world, max_batch, shm):
+    """K = 2, 4, 8 on 2 ranks (micro-batches of 3, shared memory) and on 4 ranks (shares of 2
+    in one forward, sockets)."""
     ad, enc, ref = local_outputs
-    backend = ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, world, timeout_s=60, num_cores=8, max_batch=max_batch)
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    backend = ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, world, timeout_s=60, num_cores=8,
+                             max_batch=max_batch, shared_memory=shm)
     got = _outputs(backend, ad, enc)
-    assert backend.bytes_total > 0
+    assert backend.bytes_total > 0 and backend.shared_memory == shm
     for name in ALGOS:
         assert torch.equal(got[name], ref[name]), name
     assert not backend.procs or all(not p.is_alive() for p in backend.procs)
+    if os.path.isdir("/dev/shm"):  # the shared slots are unlinked once mapped
+        assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("chords-")}
 
 
 @pytest.mark.parametrize("max_batch", [1, 3, None])

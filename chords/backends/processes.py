@@ -32,6 +32,14 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
   state dtype it has not evaluated yet it guesses (the last velocity's dtype) and, if its
   share shows the guess wrong, asks the workers again: never a changed number, at most one
   extra round, and no extra wait otherwise.
+* ``EVAL_SHM`` (CPU ranks spawned on one host, gloo; the default there): the same header, but
+  the states are written into rank r's slot of a shared-memory file (:class:`SharedSlots`,
+  named in the COND message, unlinked after the first round) and the worker writes the
+  velocities into its velocity slot and answers with one 8-byte "done": no tensor crosses a
+  socket. float64 states or velocities (wider than a slot's 4 bytes) take the ``EVAL`` path.
+* ``REF``: header, then a pickled ``(x0, cond, step, num_steps)``; the worker samples that
+  sequential reference alone and answers with its hits, rounds and wall times
+  (:meth:`ProcessBackend.start_sequential`).
 * ``STOP``: header ``[STOP, 0, 0, 0, ...]``; the worker leaves its loop and exits.
 
 Rank 0 waits on every reply with a timeout; a worker that died or stopped answering raises
@@ -53,6 +61,8 @@ import logging
 import os
 import signal
 import socket
+import tempfile
+import uuid
 import sys
 import threading
 import time
@@ -73,7 +83,10 @@ from chords.models.base import Adapter, load_adapter_class
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
-STOP, EVAL, COND, REF = 0, 1, 2, 3
+STOP, EVAL, COND, REF, EVAL_SHM = 0, 1, 2, 3, 4
+#: bytes per element of a shared-memory slot: float32, bfloat16 and float16 states and velocities
+#: travel through it; float64 ones over the socket
+_SHM_ITEM = 4
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
@@ -112,6 +125,45 @@ def shares(b: int, world_size: int) -> list[tuple[int, int]]:
 def share_cap(num_cores: int, world_size: int) -> int:
     """The most states one rank evaluates in a round of ``num_cores``."""
     return max(1, -(-int(num_cores) // int(world_size)))
+
+
+class SharedSlots:
+    """One state slot and one velocity slot per rank in shared memory (two files under /dev/shm).
+
+    Rank 0 creates them when it sends a prompt's conditioning and names them in that message;
+    each worker maps them there, and rank 0 unlinks the files after the first round that used
+    them (every worker has mapped them by then), so nothing is left on disk even if a process is
+    killed later. A slot holds ``cap`` states of ``shape`` at up to ``_SHM_ITEM`` bytes each.
+    """
+
+    def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, str] | None = None):
+        self.shape = tuple(shape)
+        self.numel = 1
+        for d in self.shape:
+            self.numel *= int(d)
+        self.slot = int(cap) * self.numel * _SHM_ITEM
+        if paths is None:
+            root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+            tag = f"chords-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            paths = (os.path.join(root, f"{tag}-states"), os.path.join(root, f"{tag}-velocities"))
+        self.paths = paths
+        self.bufs = [torch.from_file(path, shared=True, size=world_size * self.slot, dtype=torch.uint8) for path in paths]
+        self.linked = True
+
+    def view(self, which: int, rank: int, n: int, dtype: torch.dtype) -> Tensor:
+        """``[n, *shape]`` of ``dtype`` in rank ``rank``'s state (0) or velocity (1) slot."""
+        start = rank * self.slot
+        return self.bufs[which][start : start + n * self.numel * dtype.itemsize].view(dtype).view(n, *self.shape)
+
+    def unlink(self) -> None:
+        if not self.linked:
+            return
+        self.linked = False
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def torchrun_env() -> dict[str, Any] | None:
@@ -240,6 +292,8 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
     cond: Mapping[str, Tensor] = {}
     shape: tuple[int, ...] | None = None
     buffers: dict[tuple[torch.dtype, int], Tensor] = {}  # one receive buffer per (state dtype, share)
+    slots: SharedSlots | None = None
+    done = torch.ones(1, dtype=torch.long, device=comm)
     with torch.no_grad():
         while True:
             dist.recv(header, 0)
@@ -247,10 +301,11 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
             if cmd == STOP:
                 break
             if cmd == COND:
-                msg: list[Any] = [None, None, None]
+                msg: list[Any] = [None, None, None, None]
                 dist.recv_object_list(msg, 0, device=comm)
                 cond = {k: v.to(device) for k, v in msg[0].items()}
                 shape, buffers = tuple(msg[1]), {}
+                slots = SharedSlots(dist.get_world_size(), cap, shape, tuple(msg[3])) if msg[3] else None
                 continue
             if cmd == REF:
                 job = _recv_object(0, comm)
@@ -258,6 +313,13 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
                 continue
             assert shape is not None, "EVAL before COND"
             state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
+            if cmd == EVAL_SHM:  # states and velocities in this rank's shared slots; only a signal on the socket
+                assert slots is not None, "EVAL_SHM without shared slots"
+                rank = dist.get_rank()
+                v = forward(adapter, slots.view(0, rank, n, state_dtype).to(device), header[4 : 4 + n].to(device), cond, max_batch)
+                slots.view(1, rank, n, reply_dtype).copy_(v)
+                dist.send(done, 0)
+                continue
             x = buffers.get((state_dtype, n))
             if x is None:
                 x = buffers[(state_dtype, n)] = torch.empty((n, *shape), dtype=state_dtype, device=comm)
@@ -447,8 +509,10 @@ class ProcessBackend:
     ``threads_per_process`` intra-op threads; run rank 0 with the same setting (the runner
     does, :func:`chords.backends.thread_setting`) and every rank computes the same bits.
 
-    ``bytes_per_round`` (the last round) and ``bytes_total`` count the state and velocity bytes
-    that crossed between ranks (headers aside); each round's figure is logged at DEBUG.
+    ``shared_memory`` (CPU ranks spawned here, gloo): states and velocities through shared
+    memory, only headers over the sockets. ``bytes_per_round`` (the last round) and
+    ``bytes_total`` count the state and velocity bytes moved between ranks, either way
+    (headers aside); each round's figure is logged at DEBUG.
     """
 
     def __init__(
@@ -466,6 +530,7 @@ class ProcessBackend:
         num_cores: int | None = None,
         max_batch: int | None = None,
         launcher: str = "spawn",
+        shared_memory: bool = True,
     ):
         if launcher not in ("spawn", "torchrun"):
             raise ValueError(f"launcher {launcher!r} is invalid: use 'spawn' or 'torchrun'")
@@ -482,6 +547,9 @@ class ProcessBackend:
         self.world_size = world_size
         self.cap = share_cap(num_cores or world_size, world_size)
         self.max_batch = max_batch
+        # one host, CPU ranks: states and velocities through shared memory, only headers over gloo
+        self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu"
+        self._slots: SharedSlots | None = None
         self.bytes_per_round = 0
         self.bytes_total = 0
         self.timeout = timedelta(seconds=timeout_s)
@@ -648,10 +716,16 @@ class ProcessBackend:
 
     def _broadcast_condition(self, x: Tensor) -> None:
         shape, dtype = tuple(x.shape), str(x.dtype).removeprefix("torch.")
+        if self._slots is not None:
+            self._slots.unlink()
+            self._slots = None
+        if self.shared_memory:
+            self._slots = SharedSlots(self.world_size, self.cap, shape)
+        paths = list(self._slots.paths) if self._slots is not None else None
         for rank in range(1, self.world_size):
             self._wait(self._send_header(rank, COND), rank)
             try:
-                dist.send_object_list([self._cond_cpu, shape, dtype], rank, device=self.comm)
+                dist.send_object_list([self._cond_cpu, shape, dtype, paths], rank, device=self.comm)
             except Exception as e:
                 raise WorkerError(f"{self._name(rank)} did not take the conditioning ({self._describe(rank)}): {e}") from None
         self._shape = shape
@@ -672,8 +746,17 @@ class ProcessBackend:
         codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
         sends, recvs, outs = [], [], []
         moved = 0
+        slots = self._slots if xs.dtype.itemsize <= _SHM_ITEM and reply.itemsize <= _SHM_ITEM else None
         for r in busy:
             lo, hi = parts[r]
+            if slots is not None:  # the states into rank r's slot; a header; an empty "done" back
+                slots.view(0, r, hi - lo, xs.dtype).copy_(xs[lo:hi])
+                sends.append((r, self._send_header(r, EVAL_SHM, hi - lo, *codes, steps=steps[lo:hi])))
+                done = torch.empty(1, dtype=torch.long, device=self.comm)
+                recvs.append((r, dist.irecv(done, r)))
+                outs.append(slots.view(1, r, hi - lo, reply))
+                moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
+                continue
             sends.append((r, self._send_header(r, EVAL, hi - lo, *codes, steps=steps[lo:hi])))
             state = xs[lo:hi].to(self.comm).contiguous()
             sends.append((r, dist.isend(state, r)))
@@ -690,9 +773,12 @@ class ProcessBackend:
             return v0
         if v0.dtype != reply:  # a wrong guess: the workers cast their velocities; ask again, now known
             return self.velocity(xs, steps)
+        if slots is not None:
+            slots.unlink()  # every worker has mapped the files: nothing stays on disk
         self.bytes_per_round = moved
         self.bytes_total += moved
-        log.debug("round of %d state(s) on %d rank(s): %d bytes moved", b, len(busy) + 1, moved)
+        log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
+                  "shared memory" if slots is not None else "sockets")
         return torch.cat([v0, *(o.to(v0.device) for o in outs)])
 
     # ---------------------------------------------------------------- references on every rank
@@ -723,6 +809,8 @@ class ProcessBackend:
             if self._closed:
                 return
             self._closed = True
+        if self._slots is not None:
+            self._slots.unlink()
         try:
             self._stop_workers(error)
         finally:
