@@ -10,6 +10,9 @@ latents Flux-size 1x4096x64 bf16 and HunyuanVideo-size 1x16x33x68x120 bf16:
 * ``lost_ms`` = (wall - rounds x T) / rounds: what orchestration costs per round;
 * ``MB/round``: state and velocity bytes moved between ranks per round (the backend's count).
 
+Both transports side by side: ``shm`` (states and velocities in shared memory, only headers on
+the sockets; the default for CPU ranks) and ``socket`` (everything over gloo).
+
 One process group per (K, ranks, latent) serves both T values and the three algorithms (T
 travels in the conditioning). ``--steps`` (default 50), ``--sleep-ms``, ``--latents``,
 ``--configs`` and ``--algos`` shrink the grid on a small machine.
@@ -68,12 +71,13 @@ def algorithms(k: int, n: int) -> dict[str, Any]:
             "SRDS": SRDS(num_cores=k)}
 
 
-def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int, algos: list[str]) -> list[dict]:
+def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int, algos: list[str], shm: bool) -> list[dict]:
     cfg = {"model_name": "sleep", "shape": list(LATENTS[latent]), "dtype": "bfloat16", "num_inference_steps": steps,
            "sleep_s": 0.0, "max_batch": cores}
     adapter = SleepAdapter(cfg)
     rows = []
-    with ProcessBackend(adapter, "bench.bench_scale.SleepAdapter", cfg, ranks, num_cores=cores, timeout_s=600) as backend:
+    with ProcessBackend(adapter, "bench.bench_scale.SleepAdapter", cfg, ranks, num_cores=cores, timeout_s=600,
+                        shared_memory=shm) as backend:
         for sleep_s in sleeps:
             enc = SleepAdapter({**cfg, "sleep_s": sleep_s}).encode("", 0)
             backend.set_condition(enc.cond)
@@ -86,7 +90,7 @@ def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int
                 res = sample(algo, backend.velocity, enc.x0, enc.step, enc.num_steps)
                 wall = time.perf_counter() - t0
                 ideal = res.rounds * sleep_s
-                rows.append({"latent": latent, "T_ms": int(sleep_s * 1e3), "algo": name, "config": f"K={cores} on {ranks}",
+                rows.append({"latent": latent, "T_ms": int(sleep_s * 1e3), "algo": name, "config": f"K={cores} on {ranks}", "transport": "shm" if shm else "socket",
                              "rounds": res.rounds, "eff": ideal / wall, "lost_ms": 1e3 * (wall - ideal) / res.rounds,
                              "MB/round": (backend.bytes_total - before) / res.rounds / 1e6})
                 print(rows[-1], flush=True)
@@ -100,6 +104,8 @@ def main() -> None:
     ap.add_argument("--latents", nargs="+", default=list(LATENTS), choices=list(LATENTS))
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--algos", nargs="+", default=["CHORDS", "ParaDIGMS", "SRDS"])
+    ap.add_argument("--transport", nargs="+", default=["shm", "socket"], choices=["shm", "socket"],
+                    help="shared memory (the default on CPU ranks) and/or gloo sockets, side by side")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -107,10 +113,11 @@ def main() -> None:
     for latent in args.latents:
         for name in args.configs:
             cores, ranks = CONFIGS[name]
-            rows += measure(latent, cores, ranks, [ms / 1e3 for ms in args.sleep_ms], args.steps, args.algos)
+            for transport in args.transport:
+                rows += measure(latent, cores, ranks, [ms / 1e3 for ms in args.sleep_ms], args.steps, args.algos, transport == "shm")
     df = pd.DataFrame(rows)
     for col in ("eff", "lost_ms", "MB/round"):
-        table = df.pivot_table(index=["latent", "T_ms", "algo"], columns="config", values=col, sort=False)
+        table = df.pivot_table(index=["latent", "T_ms", "algo", "transport"], columns="config", values=col, sort=False)
         print(f"\n{col}\n{table.round(3 if col == 'eff' else 1).to_markdown()}")
 
 

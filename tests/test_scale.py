@@ -141,13 +141,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_nodes_on_loopback_equal_single_process(tmp_path):
-    """Two torchrun invocations (--nnodes 2, node ranks 0 and 1, 2 processes each, gloo on
-    127.0.0.1) run a small job; only global rank 0 writes, and its output equals hardware=local."""
+def _two_torchrun_nodes(out, common: list[str]) -> list[tuple[int, str, str]]:
+    """Two torchrun invocations, --nnodes 2 with node ranks 0 and 1, 2 processes each, on 127.0.0.1."""
     port = _free_port()
-    common = ["model=gaussian", "model.num_inference_steps=12", "algo.num_cores=6", "algo.init_t=0-1-2-4-6-8",
-              "prompt_file=prompts/digits_demo.txt", "reference=false", "summary=true"]
-    out = tmp_path / "multi"
     env = cli_env()
     env["OMP_NUM_THREADS"] = "1"
     procs = []
@@ -164,9 +160,20 @@ def test_torchrun_two_nodes_on_loopback_equal_single_process(tmp_path):
             if p.poll() is None:
                 os.killpg(p.pid, 9)
                 p.wait()
-    for p, (stdout, stderr) in zip(procs, results):
-        assert p.returncode == 0, stderr[-3000:]
-    assert "wall_s" in results[0][0] and "wall_s" not in results[1][0]  # only rank 0 reports
+    return [(p.returncode, stdout, stderr) for p, (stdout, stderr) in zip(procs, results)]
+
+
+def test_torchrun_two_nodes_on_loopback_equal_single_process(tmp_path):
+    """Two torchrun invocations (--nnodes 2, node ranks 0 and 1, 2 processes each, gloo on
+    127.0.0.1) run a small job; only global rank 0 writes, and its output equals hardware=local.
+    Run again, everything is complete: rank 0 lets the other ranks go and all exit at once."""
+    common = ["model=gaussian", "model.num_inference_steps=12", "algo.num_cores=6", "algo.init_t=0-1-2-4-6-8",
+              "prompt_file=prompts/digits_demo.txt", "reference=false", "summary=true"]
+    out = tmp_path / "multi"
+    results = _two_torchrun_nodes(out, common)
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+    assert "wall_s" in results[0][1] and "wall_s" not in results[1][1]  # only rank 0 reports
     folders = sorted(out.glob("gaussian/chords-k6-*/*"))
     assert len(folders) == 4 and not list(out.rglob("*.tmp-*"))
     local = run(compose([f"output_base_path={tmp_path / 'local'}", "hardware=local", *common]))
@@ -175,6 +182,10 @@ def test_torchrun_two_nodes_on_loopback_equal_single_process(tmp_path):
         s = json.loads((f / "stats.json").read_text())
         assert (s["hardware"], s["world_size"], s["num_cores"]) == ("multinode", 4, 6)
         assert torch.equal(load_file(str(f / "latents.safetensors"))["output"], by_prompt[s["prompt"]])
+    t0 = time.monotonic()
+    for code, _, stderr in _two_torchrun_nodes(out, common):
+        assert code == 0, stderr[-3000:]
+    assert time.monotonic() - t0 < 200 and sorted(out.glob("gaussian/chords-k6-*/*")) == folders
 
 
 def test_references_spread_over_ranks_equal_references_on_rank_0(tmp_path, monkeypatch, caplog):
