@@ -75,7 +75,7 @@ def _job(cfg: DictConfig) -> None:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    if cfg.get("summary", True):
+    if cfg.get("summary", True) and outcomes:  # a torchrun worker rank has no outcomes and prints nothing
         print(summary_table(outcomes), flush=True)
 
 

@@ -42,7 +42,7 @@ MAX_PIXELS = 2**28  # height x width x num_frames of one sample
 MAX_CORES = 1024
 MAX_SEED = 2**63 - 1
 MAX_TIMEOUT_S = 7 * 24 * 3600
-#: CPU worker processes (one per core) at most: each imports torch and holds a denoiser
+#: CPU worker processes at most: each imports torch and holds a denoiser
 MAX_CPU_PROCESSES = max(64, os.cpu_count() or 1)
 
 
@@ -144,6 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hardware.threads_per_process", "int", 0, 1024, note="0 = torch's default"),
     Setting("hardware.timeout_s", "number", 0, MAX_TIMEOUT_S, lo_open=True, note="seconds"),
     Setting("hardware.load_timeout_s", "number", 0, MAX_TIMEOUT_S, lo_open=True, note="seconds"),
+    Setting("hardware.max_batch", "int", 1, MAX_CORES, null=True, note="states per forward on a rank; null = no limit"),
 )
 #: Settings with a fixed set of words (checked in :func:`validate`; listed in the docs).
 CHOICES: dict[str, str] = {
@@ -154,6 +155,7 @@ CHOICES: dict[str, str] = {
     "hardware.mode": "loop, batched (backend local)",
     "hardware.device": "auto, cpu, cuda (processes: rank r on cuda:r); local also cuda:N, mps - each must exist",
     "hardware.dist_backend": "auto, gloo, nccl (nccl needs cuda)",
+    "hardware.launcher": "spawn (processes started here), torchrun (hardware=multinode: ranks from torchrun's environment)",
     "model.dtype": "bfloat16, float16, float32 (digits/gaussian: float32, float64)",
 }
 
@@ -361,28 +363,43 @@ def check_device(hw: DictConfig) -> None:
 
 
 def world_size(cfg: DictConfig, num_cores: int, core_key: str = "algo.num_cores") -> int:
-    """Processes the backend starts (one core per process); ``core_key`` is what the user set."""
+    """Processes the backend runs: min(ngpu, num_cores) (each takes a share of every round), or
+    torchrun's ``WORLD_SIZE`` under ``hardware.launcher=torchrun``; ``core_key`` is what the user set."""
     hw = cfg.hardware
     if hw.backend == "local":
         return 1
-    ngpu = cfg.get("ngpu", 1)
-    if num_cores > ngpu:
-        raise ConfigError(
-            f"algo.num_cores {num_cores} is more than hardware={hw.name} can provide with ngpu={ngpu} "
-            f"(one core per process): set ngpu >= {num_cores} or use hardware=local"
-        )
+    if hw.get("launcher", "spawn") == "torchrun":
+        from chords.backends.processes import torchrun_env
+
+        env = torchrun_env()
+        if env is None:
+            raise ConfigError(f"hardware={hw.name} runs under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT "
+                              f"are not all set): launch with torchrun, or use hardware=cpu or hardware=gpu on one host")
+        if hw.get("device", "cpu") == "cuda":
+            import torch
+
+            have = torch.cuda.device_count()
+            if env["local_rank"] >= have:
+                raise ConfigError(f"hardware={hw.name}: LOCAL_RANK {env['local_rank']} has no GPU ({have} visible on this node): "
+                                  f"use --nproc-per-node <= {have}")
+        return int(env["world_size"])
+    if hw.get("launcher", "spawn") != "spawn":
+        raise ConfigError(f"hardware.launcher {hw.get('launcher')!r} is unknown: use spawn or torchrun")
+    ngpu = int(cfg.get("ngpu", 1))
+    procs = min(ngpu, int(num_cores))
     if hw.get("device", "cpu") == "cuda":
         import torch
 
         have = torch.cuda.device_count()
-        if num_cores > have:
-            raise ConfigError(f"{core_key} {num_cores} needs {num_cores} GPUs (one per core) but {have} are visible: use {core_key} <= {have}")
-    elif num_cores > MAX_CPU_PROCESSES:
+        if procs > have:
+            key = "ngpu" if ngpu <= num_cores else core_key
+            raise ConfigError(f"{key} {procs} needs {procs} GPUs (one process per GPU) but {have} are visible: use {key} <= {have}")
+    elif procs > MAX_CPU_PROCESSES:
         raise ConfigError(
-            f"{core_key} {num_cores} is too many CPU processes for hardware={hw.name}: it accepts 1 to {MAX_CPU_PROCESSES} "
-            f"(one process per core); use hardware=local or hardware=batched for more cores"
+            f"ngpu {procs} is too many CPU processes for hardware={hw.name}: it accepts 1 to {MAX_CPU_PROCESSES}; "
+            f"a process evaluates several cores when ngpu < {core_key}"
         )
-    return num_cores
+    return procs
 
 
 def _cores_vs_steps(core_key: str, k: int, n: int, typed: Collection[str]) -> str:

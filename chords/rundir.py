@@ -43,9 +43,11 @@ def hardware_identity(hardware: Mapping[str, Any], world_size: int) -> dict[str,
     """The resolved hardware group plus the world size actually used.
 
     Keys that end in ``timeout_s`` are left out: a timeout only decides when a run is aborted,
-    it never changes a finished run (its sample or its timing).
+    it never changes a finished run (its sample or its timing). ``max_batch: null`` (no
+    micro-batches) is left out too: it is how every run computed before the key existed, so
+    those runs keep their folders.
     """
-    hw = {k: v for k, v in hardware.items() if not str(k).endswith("timeout_s")}
+    hw = {k: v for k, v in hardware.items() if not str(k).endswith("timeout_s") and not (k == "max_batch" and v is None)}
     hw["world_size"] = int(world_size)
     return hw
 

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 import chords
 from chords.backends import LocalBackend, ProcessBackend, thread_setting
+from chords.backends.processes import release_torchrun_ranks, serve_torchrun, torchrun_env
 from chords.config import RunSpec, validate
-from chords.core import Hit, Sequential, sample
+from chords.core import Hit, SampleResult, Sequential, sample
 from chords.models.base import Adapter, Encoded
 from chords.config import CONFIG_DIR
 from chords.rundir import (
@@ -70,8 +71,10 @@ def versions() -> dict[str, str]:
 
 
 def _device(cfg: DictConfig) -> torch.device:
+    """Rank 0's device: ``cuda:0``, or ``cuda:LOCAL_RANK`` under torchrun."""
     dev = cfg.hardware.get("device", "cpu")
-    return torch.device("cuda:0" if dev == "cuda" else dev)
+    env = torchrun_env() if cfg.hardware.get("launcher", "spawn") == "torchrun" else None
+    return torch.device(f"cuda:{env['local_rank'] if env else 0}" if dev == "cuda" else dev)
 
 
 class Clock:
@@ -129,8 +132,9 @@ def reference_hardware(cfg: DictConfig) -> dict:
 
 def make_backend(cfg: DictConfig, spec: RunSpec, adapter: Adapter):
     hw = cfg.hardware
+    max_batch = hw.get("max_batch")
     if hw.backend == "local":
-        return LocalBackend(adapter, hw.get("mode", "loop"))
+        return LocalBackend(adapter, hw.get("mode", "loop"), max_batch)
     return ProcessBackend(
         adapter,
         cfg.model.adapter,
@@ -141,6 +145,9 @@ def make_backend(cfg: DictConfig, spec: RunSpec, adapter: Adapter):
         timeout_s=float(hw.get("timeout_s", 120)),
         load_timeout_s=float(hw.get("load_timeout_s", 600)),
         threads_per_process=int(hw.get("threads_per_process", 1)),
+        num_cores=int(spec.algorithm.num_cores),
+        max_batch=max_batch,
+        launcher=str(hw.get("launcher", "spawn")),
     )
 
 
@@ -193,7 +200,23 @@ def sample_prompt(
     result = sample(algorithm, velocity, enc.x0, enc.step, enc.num_steps, stop=stop, callback=on_hit)
     sample_s = clock.elapsed()
     bar.close()
+    return write_run(cfg, adapter, algorithm, result, stamps, sample_s, enc, encode_s, folder, ctx)
 
+
+def write_run(
+    cfg: DictConfig,
+    adapter: Adapter,
+    algorithm: Any,
+    result: SampleResult,
+    stamps: list[float],
+    sample_s: float,
+    enc: Encoded,
+    encode_s: float,
+    folder: Path,
+    ctx: RunContext,
+) -> Outcome:
+    """Decode ``result`` and write its run folder atomically (``stamps``: each hit's wall time)."""
+    prompt = ctx.identity["prompt"]
     with atomic_folder(folder, overwrite=bool(cfg.overwrite)) as tmp:
         t1 = time.perf_counter()
         stem = "video" if adapter.media == "video" else "image"
@@ -256,13 +279,10 @@ def _resolved_algo(cfg: DictConfig, spec: RunSpec) -> dict:
 
 def warm_up(backend: Any, enc: Encoded, num_cores: int, clock: Clock) -> dict:
     """One forward on every rank before the first prompt is timed: a full round of ``x0`` at
-    grid index 0 (rank r evaluates one state; a local backend evaluates them all). Kernels are
+    grid index 0 (each rank evaluates its largest share; the local loop one state). Kernels are
     compiled, caches filled and memory allocated here, not inside the first run's clock."""
     backend.set_condition(enc.cond)
-    if isinstance(backend, LocalBackend):
-        b = int(num_cores) if backend.mode == "batched" else 1
-    else:
-        b = max(1, min(int(num_cores), int(backend.world_size)))
+    b = 1 if isinstance(backend, LocalBackend) and backend.mode == "loop" else max(1, int(num_cores))
     xs = torch.stack([enc.x0] * b)
     clock.start()
     with torch.no_grad():
@@ -365,6 +385,66 @@ class _Session:
                 refo = _skipped(job.prompt, job.ref)
         return main, refo
 
+    def references_on_ranks(self, jobs: list[Job]) -> None:
+        """The sequential references still to make, run concurrently, one per rank (rank 0
+        included), before the main runs; W at a time on W ranks.
+
+        Each is the same computation as the in-process reference (the same x0, conditioning,
+        step and thread setting, one state per forward): bitwise the same output. Its timing is
+        the clock of the rank that ran it; its identity stays hardware ``local``, world size 1
+        (:func:`reference_hardware`): a reference is one process alone with its device, wherever
+        it ran. A reference folder another run is writing is left to :meth:`do`.
+        """
+        start = getattr(self.backend, "start_sequential", None)
+        width = int(self.backend.world_size)
+        if start is None or width < 2:
+            return
+        todo = [j for j in jobs if j.ref is not None and self._needs(j.ref)]
+        for first in range(0, len(todo), width):
+            locks: dict[Path, FolderLock] = {}
+            try:
+                batch = []
+                for job in todo[first : first + width]:
+                    lock = FolderLock(job.ref, self.root)
+                    if not lock.acquire(blocking=False):
+                        continue
+                    if not self.overwrite and is_complete(job.ref):
+                        lock.release()
+                        continue
+                    locks[job.ref] = lock
+                    batch.append(job)
+                if batch:
+                    self._references(batch)
+            finally:
+                for lock in locks.values():
+                    lock.release()
+
+    def _references(self, batch: list[Job]) -> None:
+        clock = Clock(self.device)
+        encs: list[tuple[Encoded, float]] = []
+        for job in batch:
+            clock.start()
+            with torch.no_grad():
+                enc = self.adapter.encode(job.prompt, int(self.cfg.model.seed))
+            encs.append((enc, clock.elapsed()))
+        if self.warmup is None:
+            self.warmup = warm_up(self.backend, encs[0][0], self.spec.algorithm.num_cores, clock)
+            log.info("warm-up forward (%d state(s)): %.3fs", self.warmup["states"], self.warmup["seconds"])
+        for rank, (enc, _) in enumerate(encs[1:], start=1):
+            self.backend.start_sequential(rank, enc.x0, enc.cond, enc.step, enc.num_steps)
+        names = device_names(self.device, self.backend.world_size)
+        for rank, (job, (enc, encode_s)) in enumerate(zip(batch, encs)):
+            clean_partial(job.ref)
+            ctx = RunContext(job.ref_identity or {}, self.seq_cfg, "local", 1, [names[rank]], self.warmup, False, "sequential")
+            if rank == 0:
+                sample_prompt(self.cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref, ctx)
+                continue
+            got = self.backend.finish_sequential(rank, enc.num_steps)
+            hits = [Hit(core, rnd, x.to(self.device)) for core, rnd, x in got["hits"]]
+            result = SampleResult(hits, hits[got["stopped_at"]].x, got["rounds"], got["nfe"], got["stopped_at"])
+            write_run(self.cfg, self.adapter, Sequential(), result, got["stamps"], got["sample_s"], enc, encode_s, job.ref, ctx)
+            log.info("%s: sequential reference on rank %d, %.2fs -> %s", job.prompt[:60], rank, got["sample_s"], job.ref)
+
 
 def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Outcome | None]]:
     """Run every prompt; return (outcome, sequential reference or None) per prompt.
@@ -374,6 +454,9 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     its timing is the same. Several runs may share an output tree (see :class:`_Session`).
     """
     spec = spec or validate(cfg)
+    if cfg.hardware.get("launcher", "spawn") == "torchrun" and (torchrun_env() or {}).get("rank", 0) != 0:
+        serve_rank(cfg, spec)  # a torchrun worker rank: serve rank 0's rounds, write nothing
+        return []
     config = OmegaConf.to_container(cfg, resolve=True)
     algo_cfg = _resolved_algo(cfg, spec)
     seq_cfg = reference_algo()
@@ -393,6 +476,9 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     log.info("%d prompt(s), %d to sample (%s, %s, K=%d, N=%d)", len(jobs), len(pending), cfg.model.model_name,
              spec.algo_tag, spec.algorithm.num_cores, spec.num_steps)
     if not pending:
+        if cfg.hardware.get("launcher", "spawn") == "torchrun":  # the other ranks wait for rank 0: let them go
+            release_torchrun_ranks(str(cfg.hardware.get("dist_backend", "gloo")), int(spec.algorithm.num_cores),
+                                   float(cfg.hardware.get("load_timeout_s", 1800)))
         return [(_skipped(j.prompt, j.folder), _skipped(j.prompt, j.ref) if j.ref else None) for j in jobs]
 
     t_load = time.perf_counter()
@@ -404,6 +490,8 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     with threads, make_backend(cfg, spec, adapter) as backend:  # every rank computes with the same threads
         log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
         session = _Session(cfg, spec, adapter, backend, device, algo_cfg, seq_cfg)
+        if want_ref:
+            session.references_on_ranks(jobs)
         busy = []
         for i, job in enumerate(tqdm(jobs, desc="prompts", unit="prompt", disable=None)):
             got = session.do(job, wait=False)
@@ -414,6 +502,20 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
         for i in busy:
             results[i] = session.do(jobs[i], wait=True)
     return [results[i] for i in range(len(jobs))]
+
+
+def serve_rank(cfg: DictConfig, spec: RunSpec) -> None:
+    """A torchrun rank other than 0: load the denoiser, serve every round rank 0 sends, until STOP."""
+    hw = cfg.hardware
+    serve_torchrun(
+        cfg.model.adapter,
+        OmegaConf.to_container(cfg.model, resolve=True),
+        device_type=str(hw.get("device", "cpu")),
+        dist_backend=str(hw.get("dist_backend", "gloo")),
+        num_cores=int(spec.algorithm.num_cores),
+        max_batch=hw.get("max_batch"),
+        threads_per_process=int(hw.get("threads_per_process", 1)),
+    )
 
 
 def _skipped(prompt: str, folder: Path) -> Outcome:

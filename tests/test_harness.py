@@ -230,12 +230,12 @@ def _bad(tmp_path, capsys, *args):
         (["algo.num_cores=4", "algo.init_t=0-8-16"], "init_t 0-8-16 has 3 entries"),
         (["algo.num_cores=4", "algo.init_t=0-8-8-32"], "strictly increasing"),
         (["algo.num_cores=4", "algo.init_t=0-8-16-50"], "below num_steps=50"),
-        (["algo.num_cores=8"], "algo.num_cores 8 is more than hardware=cpu can provide with ngpu=4"),
+        (["hardware=multinode"], "hardware=multinode runs under torchrun"),
         (["algo.stopping_kwargs.criterion=residual", "algo.stopping_kwargs.threshold=-1"], "threshold -1"),
         (["algo.stopping_kwargs.criterion=fastest"], "criterion 'fastest' is unknown: use one of core_index, residual, none"),
         (["algo.stopping_kwargs.index=9"], "stop index 9 is out of range"),
         (["algo=paradigms", "algo.tolerance=-0.5"], "tolerance -0.5"),
-        (["algo=chords", "algo.num_cores=4,9"], "algo.num_cores 9"),  # a sweep: every job is checked first
+        (["algo=chords", "algo.num_cores=4,51"], "algo.num_cores 51"),  # a sweep: every job is checked first
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, args, expect):

@@ -2,9 +2,10 @@
 
 * :class:`LocalBackend` evaluates a round in this process: ``mode="loop"`` calls the adapter
   once per state, ``mode="batched"`` once for the whole round (all cores in one forward).
-* :class:`ProcessBackend` spreads a round over processes, one core per rank
-  (``torch.distributed``; gloo on CPU). Rank 0 is this process: it runs the runner and the
-  algorithm and evaluates item 0 itself.
+* :class:`ProcessBackend` spreads a round over processes, an even share of the round's states
+  per rank (``torch.distributed``; gloo on CPU, with states in shared memory on one host; NCCL
+  on GPUs; spawned here or started by ``torchrun``). Rank 0 is this process: it runs the runner
+  and the algorithm and evaluates the first share itself.
 
 Both expose the same three calls, so the runner never knows which it has:
 ``set_condition(cond)`` once per prompt, ``velocity(xs, steps)`` once per round, ``close()``.

@@ -1,48 +1,68 @@
-"""One core per process: a ``torch.distributed`` rank protocol.
+"""A round spread over processes: a ``torch.distributed`` rank protocol.
 
 Rank 0 is the calling process: it holds the full adapter (encode / decode), runs the runner
-and the algorithm, and evaluates item 0 of every round itself. Ranks 1..W-1 are spawned
-workers that hold only the denoiser (``role="denoiser"``).
+and the algorithm, and evaluates the first share of every round itself. Ranks 1..W-1 hold only
+the denoiser (``role="denoiser"``): spawned here on one host, or started by ``torchrun`` on
+any number of nodes (:func:`serve_torchrun`; rank r's device is ``cuda:LOCAL_RANK``).
+
+K cores on W ranks, any K >= 1: a round of ``b`` states is cut into W consecutive shares as
+even as possible, the larger first (:func:`shares`: 8 states on 3 ranks are 3-3-2; rank 0
+takes states 0..2). Each rank evaluates its share in one batched forward, split into
+micro-batches of ``max_batch`` states when that is set (``max_batch=1``: one state per forward,
+bitwise what ``hardware=local`` computes for every model).
 
 Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in order):
 
-* start-up: worker r loads its adapter and reports ``"ok"`` (or its error) on a pipe; rank 0
-  polls those pipes and the process handles, so a worker that dies or fails while loading is
-  reported at once by rank, one that hangs after ``load_timeout_s``. Only then do the ranks
-  join the process group (rank 0 joins from a helper thread, still polling).
-* ``COND`` (once per prompt): header ``[COND, 0, 0, 0]`` then ``send_object_list([cond, shape,
-  dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
-* ``EVAL`` (per round, only to ranks 1..B-1): header ``[EVAL, grid index, state dtype, reply
-  dtype]`` (dtypes as indices into ``WIRE_DTYPES``), then the state; the worker answers with the
-  velocity in the reply dtype. Nothing else crosses per round. The state dtype travels every
+* start-up (spawned workers): worker r loads its adapter and reports ``"ok"`` (or its error)
+  on a pipe; rank 0 polls those pipes and the process handles, so a worker that dies or fails
+  while loading is reported at once by rank, one that hangs after ``load_timeout_s``. Only
+  then do the ranks join the process group (rank 0 joins from a helper thread, still polling).
+  Under torchrun every rank loads, then joins ``env://`` within ``load_timeout_s``.
+* ``COND`` (once per prompt): header ``[COND, 0, 0, 0, ...]`` then ``send_object_list([cond,
+  shape, dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
+* ``EVAL`` (per round, only to ranks with a non-empty share): header ``[EVAL, n, state dtype,
+  reply dtype, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``; ``cap`` =
+  ceil(K / W), the largest share), then the ``[n, *S]`` states; the worker answers with their
+  velocities in the reply dtype. Nothing else crosses per round. The state dtype travels every
   round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
   Wan start from float32 noise and step to bf16, and a round mixing both is stacked in float32,
   which is exact). The reply dtype is what rank 0's own adapter returns for such a state, so
   every rank's velocity crosses back unchanged, dtype included (CogVideoX returns float32
-  velocities for bf16 states). Rank 0 learns it from its own item 0 of every round; for a
-  state dtype it has not evaluated yet it guesses (the last velocity's dtype) and, if item 0
-  shows the guess wrong, asks the workers again: never a changed number, at most one extra
-  round, and no extra wait otherwise.
-* ``STOP``: header ``[STOP, 0, 0, 0]``; the worker leaves its loop and exits.
+  velocities for bf16 states). Rank 0 learns it from its own share of every round; for a
+  state dtype it has not evaluated yet it guesses (the last velocity's dtype) and, if its
+  share shows the guess wrong, asks the workers again: never a changed number, at most one
+  extra round, and no extra wait otherwise.
+* ``EVAL_SHM`` (CPU ranks spawned on one host, gloo; the default there): the same header, but
+  the states are written into rank r's slot of a shared-memory file (:class:`SharedSlots`,
+  named in the COND message, unlinked after the first round) and the worker writes the
+  velocities into its velocity slot and answers with one 8-byte "done": no tensor crosses a
+  socket. float64 states or velocities (wider than a slot's 4 bytes) take the ``EVAL`` path.
+* ``REF``: header, then a pickled ``(x0, cond, step, num_steps)``; the worker samples that
+  sequential reference alone and answers with its hits, rounds and wall times
+  (:meth:`ProcessBackend.start_sequential`).
+* ``STOP``: header ``[STOP, 0, 0, 0, ...]``; the worker leaves its loop and exits.
 
 Rank 0 waits on every reply with a timeout; a worker that died or stopped answering raises
-:class:`WorkerError` naming its rank, and :meth:`close` leaves no process behind.
+:class:`WorkerError` naming its rank (and its node under torchrun), and :meth:`close` leaves
+no spawned process behind.
 
-No orphans, no noise: workers die with rank 0 (``PR_SET_PDEATHSIG`` on Linux, and a thread
-polling ``os.getppid`` everywhere), ignore SIGINT (a terminal's Ctrl-C reaches the whole
-process group; rank 0 alone decides), and while the backend is open a stop signal to rank 0
-(SIGINT, SIGTERM, SIGHUP) terminates the workers at once through ``signal.set_wakeup_fd``,
-even while rank 0's main thread is blocked inside a collective. The same
-protocol runs on GPUs with ``dist_backend="nccl"`` and ``device_type="cuda"`` (rank r on
-``cuda:r``), or across nodes with an external launcher providing the rendezvous.
+No orphans, no noise: spawned workers die with rank 0 (``PR_SET_PDEATHSIG`` on Linux, and a
+thread polling ``os.getppid`` everywhere), ignore SIGINT (a terminal's Ctrl-C reaches the
+whole process group; rank 0 alone decides), and while the backend is open a stop signal to
+rank 0 (SIGINT, SIGTERM, SIGHUP) terminates the workers at once through
+``signal.set_wakeup_fd``, even while rank 0's main thread is blocked inside a collective. The
+same protocol runs on GPUs with ``dist_backend="nccl"`` and ``device_type="cuda"``.
 """
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
 import os
 import signal
 import socket
+import tempfile
+import uuid
 import sys
 import threading
 import time
@@ -57,12 +77,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from chords.backends.local import forward
 from chords.models.base import Adapter, load_adapter_class
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
-STOP, EVAL, COND = 0, 1, 2
+STOP, EVAL, COND, REF, EVAL_SHM = 0, 1, 2, 3, 4
+#: bytes per element of a shared-memory slot: float32, bfloat16 and float16 states and velocities
+#: travel through it; float64 ones over the socket
+_SHM_ITEM = 4
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
@@ -81,8 +105,87 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _device(device_type: str, rank: int) -> torch.device:
-    return torch.device(f"cuda:{rank}") if device_type == "cuda" else torch.device("cpu")
+def _device(device_type: str, local_rank: int) -> torch.device:
+    return torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device("cpu")
+
+
+def shares(b: int, world_size: int) -> list[tuple[int, int]]:
+    """Each rank's slice ``[start, end)`` of a round of ``b`` states: consecutive, as even as
+    possible, the larger shares first (rank 0 included, so it is never empty). Deterministic:
+    the same ``b`` and world size always give the same assignment."""
+    base, extra = divmod(b, world_size)
+    out, start = [], 0
+    for r in range(world_size):
+        n = base + (1 if r < extra else 0)
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+def share_cap(num_cores: int, world_size: int) -> int:
+    """The most states one rank evaluates in a round of ``num_cores``."""
+    return max(1, -(-int(num_cores) // int(world_size)))
+
+
+class SharedSlots:
+    """One state slot and one velocity slot per rank in shared memory (two files under /dev/shm).
+
+    Rank 0 creates them when it sends a prompt's conditioning and names them in that message;
+    each worker maps them there, and rank 0 unlinks the files after the first round that used
+    them (every worker has mapped them by then), so nothing is left on disk even if a process is
+    killed later. A slot holds ``cap`` states of ``shape`` at up to ``_SHM_ITEM`` bytes each.
+    """
+
+    def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, str] | None = None):
+        self.shape = tuple(shape)
+        self.numel = 1
+        for d in self.shape:
+            self.numel *= int(d)
+        self.slot = int(cap) * self.numel * _SHM_ITEM
+        if paths is None:
+            root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+            tag = f"chords-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            paths = (os.path.join(root, f"{tag}-states"), os.path.join(root, f"{tag}-velocities"))
+        self.paths = paths
+        self.bufs = [torch.from_file(path, shared=True, size=world_size * self.slot, dtype=torch.uint8) for path in paths]
+        self.linked = True
+
+    def view(self, which: int, rank: int, n: int, dtype: torch.dtype) -> Tensor:
+        """``[n, *shape]`` of ``dtype`` in rank ``rank``'s state (0) or velocity (1) slot."""
+        start = rank * self.slot
+        return self.bufs[which][start : start + n * self.numel * dtype.itemsize].view(dtype).view(n, *self.shape)
+
+    def unlink(self) -> None:
+        if not self.linked:
+            return
+        self.linked = False
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def torchrun_env() -> dict[str, Any] | None:
+    """Rank, world size, local rank and rendezvous as ``torchrun`` sets them; None outside torchrun.
+
+    ``node`` is the rank's node index (``torchrun`` gives every node the same number of local
+    ranks, ``LOCAL_WORLD_SIZE``), used to name a rank in error messages.
+    """
+    env = os.environ
+    if not all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return None
+    rank, local = int(env["RANK"]), int(env["LOCAL_RANK"])
+    per_node = int(env.get("LOCAL_WORLD_SIZE", "0") or 0)
+    return {"rank": rank, "world_size": int(env["WORLD_SIZE"]), "local_rank": local, "local_world_size": per_node,
+            "master": f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+            "node": int(env["GROUP_RANK"]) if "GROUP_RANK" in env else (rank // per_node if per_node else None)}
+
+
+def node_of(rank: int, env: Mapping[str, Any] | None) -> str:
+    """`` on node N`` under torchrun (homogeneous nodes), else nothing."""
+    per_node = (env or {}).get("local_world_size") or 0
+    return f" on node {rank // per_node}" if per_node else ""
 
 
 def die_with_parent(parent_pid: int, use_pdeathsig: bool = True) -> None:
@@ -150,6 +253,8 @@ def _worker_main(
     ready: Connection,
     parent_pid: int,
     use_pdeathsig: bool,
+    cap: int = 1,
+    max_batch: int | None = None,
 ) -> None:
     # SIGINT was blocked when rank 0 spawned us (so a Ctrl-C during our imports is no traceback);
     # ignore it for good: rank 0 alone handles Ctrl-C and stops the workers.
@@ -171,33 +276,152 @@ def _worker_main(
     ready.send("ok")
     ready.close()
     dist.init_process_group(dist_backend, init_method=init_method, rank=rank, world_size=world_size, timeout=_IDLE_TIMEOUT)
-    comm = torch.device("cpu") if dist_backend == "gloo" else device
+    serve(adapter, torch.device("cpu") if dist_backend == "gloo" else device, cap, max_batch)
+    dist.destroy_process_group()
 
-    header = torch.zeros(4, dtype=torch.long, device=comm)
+
+def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None) -> None:
+    """A worker rank's loop (process group joined): COND, EVAL and STOP from rank 0, until STOP.
+
+    EVAL header: ``[EVAL, n, state dtype, reply dtype, step_0 .. step_{cap-1}]`` (the grid
+    indices of this rank's ``n`` states), then the ``[n, *S]`` states; the reply is their
+    ``[n, *S]`` velocities from one batched forward (micro-batches of ``max_batch``).
+    """
+    device = adapter.device
+    header = torch.zeros(4 + cap, dtype=torch.long, device=comm)
     cond: Mapping[str, Tensor] = {}
     shape: tuple[int, ...] | None = None
-    buffers: dict[torch.dtype, Tensor] = {}  # one receive buffer per state dtype
+    buffers: dict[tuple[torch.dtype, int], Tensor] = {}  # one receive buffer per (state dtype, share)
+    slots: SharedSlots | None = None
+    done = torch.ones(1, dtype=torch.long, device=comm)
     with torch.no_grad():
         while True:
             dist.recv(header, 0)
-            cmd, idx = int(header[0]), int(header[1])
+            cmd, n = int(header[0]), int(header[1])
             if cmd == STOP:
                 break
             if cmd == COND:
-                msg: list[Any] = [None, None, None]
+                msg: list[Any] = [None, None, None, None]
                 dist.recv_object_list(msg, 0, device=comm)
                 cond = {k: v.to(device) for k, v in msg[0].items()}
                 shape, buffers = tuple(msg[1]), {}
+                slots = SharedSlots(dist.get_world_size(), cap, shape, tuple(msg[3])) if msg[3] else None
+                continue
+            if cmd == REF:
+                job = _recv_object(0, comm)
+                _send_object(run_sequential(adapter, *job, max_batch=max_batch), 0, comm)
                 continue
             assert shape is not None, "EVAL before COND"
             state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
-            x = buffers.get(state_dtype)
+            if cmd == EVAL_SHM:  # states and velocities in this rank's shared slots; only a signal on the socket
+                assert slots is not None, "EVAL_SHM without shared slots"
+                rank = dist.get_rank()
+                v = forward(adapter, slots.view(0, rank, n, state_dtype).to(device), header[4 : 4 + n].to(device), cond, max_batch)
+                slots.view(1, rank, n, reply_dtype).copy_(v)
+                dist.send(done, 0)
+                continue
+            x = buffers.get((state_dtype, n))
             if x is None:
-                x = buffers[state_dtype] = torch.empty(shape, dtype=state_dtype, device=comm)
+                x = buffers[(state_dtype, n)] = torch.empty((n, *shape), dtype=state_dtype, device=comm)
             dist.recv(x, 0)
-            v = adapter.velocity(x[None].to(device), torch.tensor([idx], device=device), cond)[0]
+            v = forward(adapter, x.to(device), header[4 : 4 + n].to(device), cond, max_batch)
             dist.send(v.to(comm, reply_dtype).contiguous(), 0)
-    dist.destroy_process_group()
+
+
+def _send_object(obj: Any, rank: int, comm: torch.device) -> None:
+    """Pickle ``obj`` (tensors on the CPU) and send its size, then its bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    dist.send(torch.tensor([data.numel()], dtype=torch.long, device=comm), rank)
+    dist.send(data.to(comm), rank)
+
+
+def _recv_object(rank: int, comm: torch.device, timeout: timedelta | None = None) -> Any:
+    """The counterpart of :func:`_send_object`; with ``timeout``, the size is awaited that long."""
+    size = torch.zeros(1, dtype=torch.long, device=comm)
+    work = dist.irecv(size, rank)
+    ok = work.wait(timeout) if timeout is not None else work.wait()
+    if ok is False:
+        raise TimeoutError(f"no answer within {timeout}")
+    data = torch.empty(int(size[0]), dtype=torch.uint8, device=comm)
+    dist.recv(data, rank)
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=False)
+
+
+def run_sequential(adapter: Adapter, x0: Tensor, cond: Mapping[str, Tensor], step: Any, num_steps: int,
+                   max_batch: int | None = None) -> dict[str, Any]:
+    """A sequential reference on this rank's device: its hits (on the CPU), rounds, nfe and
+    wall times from this rank's clock (CUDA synchronised before each reading)."""
+    from chords.core import Sequential, sample
+
+    device = adapter.device
+    cond = {k: v.to(device) for k, v in cond.items()}
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    stamps: list[float] = []
+    t0 = now()
+    result = sample(Sequential(), lambda xs, steps: forward(adapter, xs, steps, cond, max_batch), x0.to(device), step,
+                    num_steps, callback=lambda hit: stamps.append(now() - t0))
+    sample_s = now() - t0
+    return {"hits": [(h.core, h.round, h.x.cpu()) for h in result.hits], "rounds": result.rounds, "nfe": result.nfe,
+            "stopped_at": result.stopped_at, "stamps": stamps, "sample_s": sample_s}
+
+
+def serve_torchrun(
+    adapter_path: str,
+    model_cfg: Mapping[str, Any],
+    *,
+    device_type: str,
+    dist_backend: str,
+    num_cores: int,
+    max_batch: int | None = None,
+    threads_per_process: int = 1,
+) -> None:
+    """A non-zero rank under ``torchrun``: load the denoiser on ``cuda:LOCAL_RANK`` (or the CPU),
+    join the group (``env://``) and serve rank 0 until it sends STOP. Writes nothing."""
+    env = torchrun_env()
+    if env is None:
+        raise RuntimeError("serve_torchrun needs torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)")
+    rank = env["rank"]
+    if threads_per_process > 0 and device_type != "cuda":
+        torch.set_num_threads(threads_per_process)
+    device = _device(device_type, env["local_rank"])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    adapter = load_adapter_class(adapter_path)(dict(model_cfg), device, "denoiser")
+    # as spawned workers: wait for rank 0 as long as it takes between prompts (it encodes, decodes,
+    # samples references); rank 0 bounds every round itself, and a rank 0 that dies closes our sockets
+    dist.init_process_group(dist_backend, init_method="env://", rank=rank, world_size=env["world_size"], timeout=_IDLE_TIMEOUT)
+    try:
+        serve(adapter, torch.device("cpu") if dist_backend == "gloo" else device, share_cap(num_cores, env["world_size"]), max_batch)
+    except RuntimeError as e:
+        if any(phrase in str(e) for phrase in _PEER_GONE):  # rank 0 has gone; it reports the cause
+            log.error("rank %d%s: rank 0 went away (%s)", rank, node_of(rank, env), str(e).splitlines()[0])
+            raise SystemExit(1) from None
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def release_torchrun_ranks(dist_backend: str, num_cores: int, timeout_s: float) -> None:
+    """Global rank 0 with nothing to sample: join the group and send every other rank STOP."""
+    env = torchrun_env()
+    assert env is not None and env["rank"] == 0
+    dist.init_process_group(dist_backend, init_method="env://", rank=0, world_size=env["world_size"],
+                            timeout=timedelta(seconds=timeout_s))
+    try:
+        device = torch.device("cpu") if dist_backend == "gloo" else torch.device(f"cuda:{env['local_rank']}")
+        header = torch.zeros(4 + share_cap(num_cores, env["world_size"]), dtype=torch.long, device=device)
+        for rank in range(1, env["world_size"]):
+            dist.send(header, rank)  # STOP == 0
+    finally:
+        dist.destroy_process_group()
 
 
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused")
@@ -273,10 +497,22 @@ class _StopOnSignal:
 
 
 class ProcessBackend:
-    """Rank 0 (this process) plus ``world_size - 1`` spawned worker ranks.
+    """Rank 0 (this process) plus ``world_size - 1`` worker ranks: spawned here
+    (``launcher="spawn"``), or started by ``torchrun`` on any number of nodes
+    (``launcher="torchrun"``: world size and rendezvous from the environment; the other ranks
+    run :func:`serve_torchrun`).
 
-    Workers run with ``threads_per_process`` intra-op threads; run rank 0 with the same setting
-    (the runner does, :func:`chords.backends.thread_setting`) and every rank computes the same bits.
+    A round of ``b`` states is cut by :func:`shares` into one consecutive slice per rank (rank 0
+    takes the first); each rank evaluates its slice in one batched forward, in micro-batches of
+    ``max_batch`` states when that is set. ``num_cores`` (K, default the world size) sizes the
+    EVAL header; any K >= 1 runs on any number of ranks. Workers run with
+    ``threads_per_process`` intra-op threads; run rank 0 with the same setting (the runner
+    does, :func:`chords.backends.thread_setting`) and every rank computes the same bits.
+
+    ``shared_memory`` (CPU ranks spawned here, gloo): states and velocities through shared
+    memory, only headers over the sockets. ``bytes_per_round`` (the last round) and
+    ``bytes_total`` count the state and velocity bytes moved between ranks, either way
+    (headers aside); each round's figure is logged at DEBUG.
     """
 
     def __init__(
@@ -291,11 +527,31 @@ class ProcessBackend:
         timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
         threads_per_process: int = 1,
+        num_cores: int | None = None,
+        max_batch: int | None = None,
+        launcher: str = "spawn",
+        shared_memory: bool = True,
     ):
+        if launcher not in ("spawn", "torchrun"):
+            raise ValueError(f"launcher {launcher!r} is invalid: use 'spawn' or 'torchrun'")
+        self.env = torchrun_env() if launcher == "torchrun" else None
+        if launcher == "torchrun":
+            if self.env is None or self.env["rank"] != 0:
+                raise ValueError("launcher='torchrun' needs torchrun's environment, and this process must be global rank 0")
+            world_size = self.env["world_size"]
         if world_size < 1:
             raise ValueError(f"world_size {world_size} is invalid: it must be >= 1")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch {max_batch} is invalid: it must be >= 1 or None")
         self.adapter = adapter
         self.world_size = world_size
+        self.cap = share_cap(num_cores or world_size, world_size)
+        self.max_batch = max_batch
+        # one host, CPU ranks: states and velocities through shared memory, only headers over gloo
+        self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu"
+        self._slots: SharedSlots | None = None
+        self.bytes_per_round = 0
+        self.bytes_total = 0
         self.timeout = timedelta(seconds=timeout_s)
         self.dist_backend = dist_backend
         self.device = adapter.device
@@ -312,6 +568,14 @@ class ProcessBackend:
         if world_size == 1:
             return
         name = model_cfg.get("model_name")
+        if self.env is not None:
+            try:
+                self._join_torchrun(load_timeout_s)
+            except BaseException:
+                self.close(error=True)
+                raise
+            log.info("joined %d torchrun rank(s) at %s", world_size - 1, self.env["master"])
+            return
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         try:
             self._stop_watch = _StopOnSignal(self.procs)
@@ -337,7 +601,7 @@ class ProcessBackend:
             p = ctx.Process(
                 target=_worker_entry,
                 args=(rank, self.world_size, init_method, str(adapter_path), dict(model_cfg), device_type, self.dist_backend,
-                      threads, writer, os.getpid(), main_thread),
+                      threads, writer, os.getpid(), main_thread, self.cap, self.max_batch),
                 daemon=True,
                 name=f"chords-rank{rank}",
             )
@@ -407,8 +671,22 @@ class ProcessBackend:
         if outcome and outcome[0] is not None:
             raise WorkerError(f"the process group did not start: {str(outcome[0]).splitlines()[0]}")
 
+    def _join_torchrun(self, timeout_s: float) -> None:
+        """Global rank 0 under torchrun: join the ``env://`` group; the others load, then join."""
+        try:
+            dist.init_process_group(self.dist_backend, init_method="env://", rank=0, world_size=self.world_size,
+                                    timeout=timedelta(seconds=timeout_s))
+        except Exception as e:
+            raise WorkerError(f"the torchrun ranks did not join the process group at {self.env['master']} within "
+                              f"{timeout_s:g}s (hardware.load_timeout_s): {str(e).splitlines()[0]}") from None
+
     # ---------------------------------------------------------------- helpers
+    def _name(self, rank: int) -> str:
+        return f"worker rank {rank}{node_of(rank, self.env)}"
+
     def _describe(self, rank: int) -> str:
+        if rank - 1 >= len(self.procs):  # a torchrun rank: no process handle here
+            return "is not answering"
         p = self.procs[rank - 1]
         code = p.exitcode
         return f"exited with code {code}" if code is not None else "is alive but not answering"
@@ -417,12 +695,16 @@ class ProcessBackend:
         try:
             ok = work.wait(timeout or self.timeout)
         except Exception as e:  # gloo raises when the peer's socket closes or the wait times out
-            raise WorkerError(f"worker rank {rank} did not {what} ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
+            raise WorkerError(f"{self._name(rank)} did not {what} ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
         if ok is False:
-            raise WorkerError(f"worker rank {rank} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
+            raise WorkerError(f"{self._name(rank)} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
 
-    def _send_header(self, rank: int, cmd: int, idx: int = 0, state_code: int = 0, reply_code: int = 0):
-        return dist.isend(torch.tensor([cmd, idx, state_code, reply_code], dtype=torch.long, device=self.comm), rank)
+    def _send_header(self, rank: int, cmd: int, n: int = 0, state_code: int = 0, reply_code: int = 0, steps: Tensor | None = None):
+        header = torch.zeros(4 + self.cap, dtype=torch.long)
+        header[:4] = torch.tensor([cmd, n, state_code, reply_code])
+        if steps is not None:
+            header[4 : 4 + len(steps)] = steps.cpu()
+        return dist.isend(header.to(self.comm), rank)
 
     # ---------------------------------------------------------------- protocol
     def set_condition(self, cond: Mapping[str, Tensor]) -> None:
@@ -434,33 +716,56 @@ class ProcessBackend:
 
     def _broadcast_condition(self, x: Tensor) -> None:
         shape, dtype = tuple(x.shape), str(x.dtype).removeprefix("torch.")
+        if self._slots is not None:
+            self._slots.unlink()
+            self._slots = None
+        if self.shared_memory:
+            self._slots = SharedSlots(self.world_size, self.cap, shape)
+        paths = list(self._slots.paths) if self._slots is not None else None
         for rank in range(1, self.world_size):
             self._wait(self._send_header(rank, COND), rank)
             try:
-                dist.send_object_list([self._cond_cpu, shape, dtype], rank, device=self.comm)
+                dist.send_object_list([self._cond_cpu, shape, dtype, paths], rank, device=self.comm)
             except Exception as e:
-                raise WorkerError(f"worker rank {rank} did not take the conditioning ({self._describe(rank)}): {e}") from None
+                raise WorkerError(f"{self._name(rank)} did not take the conditioning ({self._describe(rank)}): {e}") from None
         self._shape = shape
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor) -> Tensor:
         b = xs.shape[0]
-        if b > self.world_size:
-            raise ValueError(f"{b} evaluations in one round but only {self.world_size} process(es)")
-        if b > 1 and self._shape != tuple(xs.shape[1:]):
+        if b > self.world_size * self.cap:
+            raise ValueError(f"{b} evaluations in one round but at most {self.world_size * self.cap} "
+                             f"({self.cap} on each of {self.world_size} process(es))")
+        parts = shares(b, self.world_size)
+        busy = [r for r in range(1, self.world_size) if parts[r][1] > parts[r][0]]
+        if busy and self._shape != tuple(xs.shape[1:]):
             self._broadcast_condition(xs[0])
         # the reply dtype: what rank 0's adapter returned for this state dtype; for a new state
-        # dtype, a guess (the last velocity's dtype), checked against item 0 below
+        # dtype, a guess (the last velocity's dtype), checked against rank 0's own share below
         reply = self._reply_dtype.get(xs.dtype, self._last_reply or xs.dtype)
+        codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
         sends, recvs, outs = [], [], []
-        for i in range(1, b):
-            codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
-            sends.append((i, self._send_header(i, EVAL, int(steps[i]), *codes)))
-            sends.append((i, dist.isend(xs[i].to(self.comm).contiguous(), i)))
-            out = torch.empty(xs.shape[1:], dtype=reply, device=self.comm)
-            recvs.append((i, dist.irecv(out, i)))
+        moved = 0
+        slots = self._slots if xs.dtype.itemsize <= _SHM_ITEM and reply.itemsize <= _SHM_ITEM else None
+        for r in busy:
+            lo, hi = parts[r]
+            if slots is not None:  # the states into rank r's slot; a header; an empty "done" back
+                slots.view(0, r, hi - lo, xs.dtype).copy_(xs[lo:hi])
+                sends.append((r, self._send_header(r, EVAL_SHM, hi - lo, *codes, steps=steps[lo:hi])))
+                done = torch.empty(1, dtype=torch.long, device=self.comm)
+                recvs.append((r, dist.irecv(done, r)))
+                outs.append(slots.view(1, r, hi - lo, reply))
+                moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
+                continue
+            sends.append((r, self._send_header(r, EVAL, hi - lo, *codes, steps=steps[lo:hi])))
+            state = xs[lo:hi].to(self.comm).contiguous()
+            sends.append((r, dist.isend(state, r)))
+            out = torch.empty((hi - lo, *xs.shape[1:]), dtype=reply, device=self.comm)
+            recvs.append((r, dist.irecv(out, r)))
             outs.append(out)
-        v0 = self.adapter.velocity(xs[:1], steps[:1], self.cond)
+            moved += state.numel() * state.element_size() + out.numel() * out.element_size()
+        lo, hi = parts[0]
+        v0 = forward(self.adapter, xs[lo:hi], steps[lo:hi], self.cond, self.max_batch)
         for rank, work in sends + recvs:
             self._wait(work, rank)
         self._reply_dtype[xs.dtype] = self._last_reply = v0.dtype
@@ -468,13 +773,44 @@ class ProcessBackend:
             return v0
         if v0.dtype != reply:  # a wrong guess: the workers cast their velocities; ask again, now known
             return self.velocity(xs, steps)
-        return torch.cat([v0, torch.stack(outs).to(v0.device)])
+        if slots is not None:
+            slots.unlink()  # every worker has mapped the files: nothing stays on disk
+        self.bytes_per_round = moved
+        self.bytes_total += moved
+        log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
+                  "shared memory" if slots is not None else "sockets")
+        return torch.cat([v0, *(o.to(v0.device) for o in outs)])
+
+    # ---------------------------------------------------------------- references on every rank
+    def start_sequential(self, rank: int, x0: Tensor, cond: Mapping[str, Tensor], step: Any, num_steps: int) -> None:
+        """Have worker ``rank`` (>= 1) sample a sequential reference by itself; collect it with
+        :meth:`finish_sequential`. Meanwhile rank 0 is free (to sample its own reference)."""
+        try:
+            self._wait(self._send_header(rank, REF), rank)
+            job = (x0.detach().cpu(), {k: v.detach().cpu() for k, v in cond.items()}, step, int(num_steps))
+            _send_object(job, rank, self.comm)
+        except WorkerError:
+            raise
+        except Exception as e:
+            raise WorkerError(f"{self._name(rank)} did not take a reference job ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
+
+    def finish_sequential(self, rank: int, num_steps: int) -> dict[str, Any]:
+        """The reference started on ``rank``: hits, rounds, nfe, stamps and sample_s (see
+        :func:`run_sequential`). It may take ``num_steps`` rounds of ``timeout_s`` each."""
+        timeout = self.timeout * max(1, int(num_steps))
+        try:
+            return _recv_object(rank, self.comm, timeout)
+        except Exception as e:
+            raise WorkerError(f"{self._name(rank)} did not return its reference within {timeout.total_seconds():g}s "
+                              f"({self._describe(rank)}): {str(e).splitlines()[0]}") from None
 
     def close(self, error: bool = False) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        if self._slots is not None:
+            self._slots.unlink()
         try:
             self._stop_workers(error)
         finally:
@@ -487,7 +823,20 @@ class ProcessBackend:
                 pass
 
     def _stop_workers(self, error: bool) -> None:
-        """STOP each worker (after a clean run), else terminate; then SIGKILL whatever is left."""
+        """STOP each worker (after a clean run), else terminate; then SIGKILL whatever is left.
+
+        Torchrun ranks have no handle here: each is sent STOP (a rank that does not take it
+        within seconds is left to torchrun, which ends a node's ranks when one of them exits
+        with an error; ranks on other nodes see rank 0's connections close and exit)."""
+        if self.env is not None:
+            if dist.is_initialized():
+                for rank in range(1, self.world_size):
+                    try:
+                        self._wait(self._send_header(rank, STOP), rank, timedelta(seconds=5 if error else 30), "stop")
+                    except WorkerError:
+                        if not error:
+                            raise
+            return
         if not self.procs:
             return
         if not error:
