@@ -200,7 +200,7 @@ def sample_prompt(
     result = sample(algorithm, velocity, enc.x0, enc.step, enc.num_steps, stop=stop, callback=on_hit)
     sample_s = clock.elapsed()
     bar.close()
-    return write_run(cfg, adapter, algorithm, result, stamps, sample_s, enc, encode_s, folder, ctx)
+    return write_run(cfg, adapter, algorithm, result, stamps, sample_s, enc, encode_s, folder, ctx, hit_nfe)
 
 
 def write_run(
@@ -214,8 +214,12 @@ def write_run(
     encode_s: float,
     folder: Path,
     ctx: RunContext,
+    hit_nfe: list[int] | None = None,
 ) -> Outcome:
-    """Decode ``result`` and write its run folder atomically (``stamps``: each hit's wall time)."""
+    """Decode ``result`` and write its run folder atomically (``stamps``: each hit's wall time;
+    ``hit_nfe``: evaluations made when each hit arrived, default one per round as sequential)."""
+    if hit_nfe is None:
+        hit_nfe = [h.round for h in result.hits]
     prompt = ctx.identity["prompt"]
     with atomic_folder(folder, overwrite=bool(cfg.overwrite)) as tmp:
         t1 = time.perf_counter()
