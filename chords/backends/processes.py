@@ -34,7 +34,8 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
   extra round, and no extra wait otherwise.
 * ``EVAL_SHM`` (CPU ranks spawned on one host, gloo; the default there): the same header, but
   the states are written into rank r's slot of a shared-memory file (:class:`SharedSlots`,
-  named in the COND message, unlinked after the first round) and the worker writes the
+  named in the COND message, which every worker then acknowledges; unlinked after the first
+  round) and the worker writes the
   velocities into its velocity slot and answers with one 8-byte "done": no tensor crosses a
   socket. float64 states or velocities (wider than a slot's 4 bytes) take the ``EVAL`` path.
 * ``REF``: header, then a pickled ``(x0, cond, step, num_steps)``; the worker samples that
@@ -131,9 +132,10 @@ class SharedSlots:
     """One state slot and one velocity slot per rank in shared memory (two files under /dev/shm).
 
     Rank 0 creates them when it sends a prompt's conditioning and names them in that message;
-    each worker maps them there, and rank 0 unlinks the files after the first round that used
-    them (every worker has mapped them by then), so nothing is left on disk even if a process is
-    killed later. A slot holds ``cap`` states of ``shape`` at up to ``_SHM_ITEM`` bytes each.
+    each worker maps them and acknowledges; only then does rank 0 write into them, and it
+    unlinks the files after the first round that used them, so nothing is left on disk even if
+    a process is killed later (only a rank 0 killed with SIGKILL between creating them and the
+    end of that round leaves the two files behind). A slot holds ``cap`` states of ``shape`` at up to ``_SHM_ITEM`` bytes each.
     """
 
     def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, str] | None = None):
@@ -146,6 +148,10 @@ class SharedSlots:
             root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             tag = f"chords-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             paths = (os.path.join(root, f"{tag}-states"), os.path.join(root, f"{tag}-velocities"))
+        else:  # a worker maps rank 0's files; it never creates one (that would be a file nobody unlinks)
+            for path in paths:
+                if not os.path.exists(path):
+                    raise FileNotFoundError(f"shared-memory file {path} is gone")
         self.paths = paths
         self.bufs = [torch.from_file(path, shared=True, size=world_size * self.slot, dtype=torch.uint8) for path in paths]
         self.linked = True
@@ -306,6 +312,8 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
                 cond = {k: v.to(device) for k, v in msg[0].items()}
                 shape, buffers = tuple(msg[1]), {}
                 slots = SharedSlots(dist.get_world_size(), cap, shape, tuple(msg[3])) if msg[3] else None
+                if slots is not None:  # mapped: rank 0 may write into the slots (and unlink the files) from now on
+                    dist.send(done, 0)
                 continue
             if cmd == REF:
                 job = _recv_object(0, comm)
@@ -728,6 +736,13 @@ class ProcessBackend:
                 dist.send_object_list([self._cond_cpu, shape, dtype, paths], rank, device=self.comm)
             except Exception as e:
                 raise WorkerError(f"{self._name(rank)} did not take the conditioning ({self._describe(rank)}): {e}") from None
+        if paths is not None:  # every worker has mapped the slots before anything is written into them or unlinked
+            acks = []
+            for rank in range(1, self.world_size):
+                ack = torch.empty(1, dtype=torch.long, device=self.comm)
+                acks.append((rank, dist.irecv(ack, rank)))
+            for rank, work in acks:
+                self._wait(work, rank, what="map the shared memory")
         self._shape = shape
 
     @torch.no_grad()
