@@ -309,6 +309,8 @@ def run_eval(cfg: dict) -> EvalResult:
     from . import figures as F
     from . import tables as T
     from .clip_score import ClipConfigError, ClipWeightsMissing, locate_weights
+    from .embedded_quality import add_frechet
+    from .embedded_quality import score_runs as score_embedded
     from .metrics import run_rows, summarize
     from .runs import Problems, assign_labels, load_runs, pair_references
     from .vbench_quality import QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, quality_score
@@ -388,8 +390,13 @@ def run_eval(cfg: dict) -> EvalResult:
             ]
             quality_cols += [column(d) for d in dims]
         cache.save()
+        emb = score_embedded(runs_needed, problems)  # model=digits / moving-digits: the digit classifier
+        for c in emb.columns:
+            df[c] = [emb.values.get(Path(p), {}).get(c, math.nan) for p in df["run"]]
+        quality_cols += emb.columns
 
         summary = summarize(df, quality_cols)
+        summary = add_frechet(summary, df, emb)
         if vb_on and not summary.empty:
             partial = bool(cfg["vbench"].get("allow_partial"))
             summary["vbench_quality"] = [

@@ -24,6 +24,10 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from .embedded_quality import LABELS as EMBEDDED_LABELS
+from .embedded_quality import MEDIA as QUALITY_MEDIA
+from .embedded_quality import PERCENT as PERCENT_METRICS
+from .embedded_quality import quality_metrics
 from .runs import method_sort_key
 
 log = logging.getLogger("eval")
@@ -38,6 +42,7 @@ LABELS = {
     "clip_score": ("CLIP Score", "up"),
     "vbench_quality": ("VBench Quality", "up"),
     "latent_rmse": ("Latent RMSE", "down"),
+    **EMBEDDED_LABELS,  # embedded models' quality columns (eval/embedded_quality.py)
 }
 NA = "n/a"  # measured quantity without a value
 DASH = "-"  # not applicable
@@ -61,8 +66,8 @@ def _label(metric: str, fmt: str) -> str:
 def format_value(metric: str, value: float, decimals: dict) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NA
-    if metric == "vbench_quality":
-        return f"{100.0 * value:.{int(decimals.get('vbench_quality', 1))}f}%"
+    if metric == "vbench_quality" or metric in PERCENT_METRICS:
+        return f"{100.0 * value:.{int(decimals.get(metric, 1))}f}%"
     key = "time" if metric == "time" else metric
     return f"{value:.{int(decimals.get(key, 3))}f}"
 
@@ -124,8 +129,7 @@ def main_table(
     s = _at_steps(summary[summary["media"] == media], steps)
     if s.empty:
         return None
-    quality = QUALITY[media]
-    metrics = ["time", "speedup", quality, "latent_rmse"]
+    metrics = ["time", "speedup", *quality_metrics(s, media, QUALITY[media]), "latent_rmse"]
     ks = sorted(int(k) for k in s.loc[s["algorithm"] != "sequential", "num_cores"].unique())
     if not ks:
         ks = [1]
@@ -193,7 +197,7 @@ def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict) -> Tabl
     cols_num, cols_disp = [], []
     for model in models:
         media = s.loc[s["model"] == model, "media"].iloc[0]
-        for metric in ("speedup", QUALITY[media]):
+        for metric in ("speedup", *quality_metrics(s[s["model"] == model], media, QUALITY[media])):
             cols_num.append(f"{model}_{metric}")
             cols_disp.append((model, metric))
     for k, seqlab, method in keys:
@@ -204,7 +208,7 @@ def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict) -> Tabl
             if need_method:
                 sel = sel[sel["method"] == method]
             cell = sel.iloc[0] if len(sel) else None
-            for metric in ("speedup", QUALITY[media]):
+            for metric in ("speedup", *quality_metrics(s[s["model"] == model], media, QUALITY[media])):
                 v = _value(cell, metric, "sample")
                 num.append(v)
                 disp.append("" if cell is None else format_value(metric, v, decimals))
@@ -230,7 +234,8 @@ def table4(
     if s.empty:
         return None
     medias = [m for m in ("video", "image") if m in set(s["media"])]
-    metrics = ["time", "speedup", *[QUALITY[m] for m in medias], "latent_rmse"]
+    quality = [q for m in medias for q in quality_metrics(s[s["media"] == m], m, QUALITY[m])]
+    metrics = ["time", "speedup", *dict.fromkeys(quality), "latent_rmse"]
     s = s.sort_values(
         ["model", "method", "num_cores", "num_steps"],
         key=lambda c: c.map(method_sort_key) if c.name == "method" else c,
@@ -240,7 +245,7 @@ def table4(
         cell = pd.Series(r._asdict())
         num, disp = [], []
         for metric in metrics:
-            if metric in QUALITY.values() and QUALITY[cell["media"]] != metric:
+            if QUALITY_MEDIA.get(metric, cell["media"]) not in (None, cell["media"]):
                 num.append(math.nan)
                 disp.append("")
                 continue
