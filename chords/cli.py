@@ -77,6 +77,11 @@ def _job(cfg: DictConfig) -> None:
         sys.exit(1)
     if cfg.get("summary", True) and outcomes:  # a torchrun worker rank has no outcomes and prints nothing
         print(summary_table(outcomes), flush=True)
+    if cfg.get("grid", True):
+        from chords.grid import write_job_grids
+
+        for path in write_job_grids(outcomes):
+            print(f"grid: {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

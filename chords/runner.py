@@ -529,18 +529,75 @@ def _skipped(prompt: str, folder: Path) -> Outcome:
     return Outcome(prompt, folder, stats["rounds"], stats["output_round"], stats["nfe"], stats["timing"]["sample_s"], out, skipped=True)
 
 
+def _quality(outcomes: list[tuple[Outcome, Outcome | None]]) -> dict[Path, Any] | None:
+    """Embedded-model quality of every output (chords.digitnet.score_sample), or None for other models."""
+    from chords.digitnet import default_classifier, score_sample
+    from chords.weights import WeightsError
+
+    scores: dict[Path, Any] = {}
+    net = None
+    for o in (o for pair in outcomes for o in pair if o is not None and o.output is not None):
+        try:
+            meta = json.loads((o.folder / "stats.json").read_text(encoding="utf-8")).get("encode_meta") or {}
+        except (OSError, ValueError):
+            continue
+        if meta.get("embedded") is None:
+            continue
+        try:
+            net = net or default_classifier()
+        except WeightsError as e:
+            log.warning("quality column left out: %s", e)
+            return None
+        scores[o.folder] = score_sample(net, meta, o.output)
+    return scores or None
+
+
+def _verdict(score: Any) -> str:
+    """'7+' (prompted class found), '1-' (another class), '7' (no class prompted); video adds the direction."""
+    if score is None:
+        return "-"
+    from chords.digitnet import DIRECTIONS
+
+    mark = {True: "+", False: "-", None: ""}
+    text = f"{score.pred}{mark[score.correct]}"
+    if score.direction >= 0:
+        text += f" {DIRECTIONS[score.direction]}{mark[score.direction_correct]}"
+    return text
+
+
 def summary_table(outcomes: list[tuple[Outcome, Outcome | None]]) -> str:
-    """rounds, speedup (sequential rounds / rounds at the output), wall seconds, latent RMSE."""
+    """rounds, speedup (sequential rounds / rounds at the output), wall seconds, latent RMSE.
+
+    Embedded models (digits, moving-digits) add the quality metric: the digit classifier's
+    class (video: majority class and measured direction) of the output and of sequential's,
+    marked + when it is what the prompt named, and the class (direction) accuracy below.
+    """
+    quality = _quality(outcomes)
+    qw = 12 if quality and any(getattr(q, "direction", -1) >= 0 for q in quality.values()) else 6
     head = f"{'prompt':<40} {'rounds':>6} {'seq':>5} {'speedup':>8} {'wall_s':>8} {'seq_s':>8} {'rmse':>10}"
+    if quality:
+        head += f" {'class':>{qw}} {'seq_class':>{qw}}"
     lines = [head, "-" * len(head)]
     for main, ref in outcomes:
         name = (main.prompt[:37] + "...") if len(main.prompt) > 40 else main.prompt
+        q = f" {_verdict(quality.get(main.folder)):>{qw}} {_verdict(quality.get(ref.folder) if ref else None):>{qw}}" if quality else ""
         if ref is None:
-            lines.append(f"{name:<40} {main.output_round:>6} {'-':>5} {'-':>8} {main.sample_s:>8.3f} {'-':>8} {'-':>10}")
+            lines.append(f"{name:<40} {main.output_round:>6} {'-':>5} {'-':>8} {main.sample_s:>8.3f} {'-':>8} {'-':>10}{q}")
             continue
         rmse = (main.output.double() - ref.output.double()).pow(2).mean().sqrt().item()
         lines.append(
             f"{name:<40} {main.output_round:>6} {ref.rounds:>5} {ref.rounds / main.output_round:>7.2f}x "
-            f"{main.sample_s:>8.3f} {ref.sample_s:>8.3f} {rmse:>10.2e}"
+            f"{main.sample_s:>8.3f} {ref.sample_s:>8.3f} {rmse:>10.2e}{q}"
         )
+    if quality:
+        for what, attr in (("class", "correct"), ("direction", "direction_correct")):
+            parts = []
+            for label, pick in (("output", 0), ("sequential", 1)):
+                got = [getattr(quality[p[pick].folder], attr) for p in outcomes
+                       if p[pick] is not None and quality.get(p[pick].folder) is not None]
+                got = [g for g in got if g is not None]
+                if got:
+                    parts.append(f"{label} {sum(got)}/{len(got)}")
+            if parts:
+                lines.append(f"{what} accuracy (digit classifier vs prompt): " + ", ".join(parts))
     return "\n".join(lines)

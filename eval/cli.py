@@ -425,6 +425,8 @@ def run_eval(cfg: dict) -> EvalResult:
     from . import tables as T
     from . import whatif as W
     from .clip_score import ClipConfigError, ClipWeightsMissing, locate_weights
+    from .embedded_quality import add_frechet
+    from .embedded_quality import score_runs as score_embedded
     from .metrics import run_rows, summarize
     from .runs import Problems, assign_labels, load_runs, pair_references
     from .vbench_quality import (QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, prompts_by_dimension,
@@ -521,6 +523,10 @@ def run_eval(cfg: dict) -> EvalResult:
             if by_dimension is not None:
                 _report_samples_per_prompt(df, problems)
         cache.save()
+        emb = score_embedded(runs_needed, problems)  # model=digits / moving-digits: the digit classifier
+        for c in emb.columns:
+            df[c] = [emb.values.get(Path(p), {}).get(c, math.nan) for p in df["run"]]
+        quality_cols += emb.columns
 
         shown_keys = {(r.model_label or r.model, r.method, r.num_cores, r.num_steps) for r in shown}
 
@@ -538,6 +544,7 @@ def run_eval(cfg: dict) -> EvalResult:
             if not sub.empty:
                 sub["stop_rule"] = sub["run"].map(labels)
             summ = summarize(sub, quality_cols, ci["level"], ci["resamples"], ci["seed"])
+            summ = add_frechet(summ, sub, emb)
             if vb_on and not summ.empty:
                 _vbench_cells(summ, sub, cfg, ci)
             if not summ.empty:

@@ -29,13 +29,17 @@ import pandas as pd  # noqa: E402
 
 from .metrics import DISTANCES  # noqa: E402
 from .runs import Problems, Run, RunError, method_sort_key  # noqa: E402
+from .embedded_quality import PERCENT as PERCENT_METRICS  # noqa: E402
+from .embedded_quality import quality_metrics  # noqa: E402
 from .tables import QUALITY  # noqa: E402
 
 log = logging.getLogger("eval")
 
 FIGURES = ("figure4", "figure5", "tradeoff", "wallclock", "grids")
 FIGURE_FORMATS = ("png", "pdf")
-QUALITY_LABEL = {"clip_score": "CLIP Score", "vbench_quality": "VBench Quality (%)"}
+QUALITY_LABEL = {"clip_score": "CLIP Score", "vbench_quality": "VBench Quality (%)", "class_accuracy": "Class accuracy (%)",
+                 "frechet_distance": "Fréchet distance", "frame_consistency": "Frame consistency (%)",
+                 "direction_accuracy": "Direction accuracy (%)"}
 
 
 def _safe(name: str) -> str:
@@ -61,8 +65,8 @@ def figure4(summary: pd.DataFrame, steps: dict[str, int], out: Path, formats: Se
             log.info("figure4: model %s has no parallel runs; skipped", model)
             continue
         media = s["media"].iloc[0]
-        qcol = QUALITY[media]
-        scale = 100.0 if qcol == "vbench_quality" else 1.0
+        qcol = quality_metrics(s, media, QUALITY[media])[0]  # embedded models: class accuracy
+        scale = 100.0 if qcol == "vbench_quality" or qcol in PERCENT_METRICS else 1.0
         seq = s[s["algorithm"] == "sequential"]
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
         for method in sorted(par["method"].unique(), key=method_sort_key):

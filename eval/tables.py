@@ -24,6 +24,10 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from .embedded_quality import LABELS as EMBEDDED_LABELS
+from .embedded_quality import MEDIA as QUALITY_MEDIA
+from .embedded_quality import PERCENT as PERCENT_METRICS
+from .embedded_quality import quality_metrics
 from .runs import method_sort_key
 
 log = logging.getLogger("eval")
@@ -40,6 +44,7 @@ LABELS = {
     "clip_score": ("CLIP Score", "up"),
     "vbench_quality": ("VBench Quality", "up"),
     "latent_rmse": ("Latent RMSE", "down"),
+    **EMBEDDED_LABELS,  # embedded models' quality columns (eval/embedded_quality.py)
 }
 NA = "n/a"  # measured quantity without a value
 DASH = "-"  # not applicable
@@ -67,8 +72,8 @@ def _label(metric: str, fmt: str) -> str:
 def format_value(metric: str, value: float, decimals: dict) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NA
-    if metric == "vbench_quality":
-        return f"{100.0 * value:.{int(decimals.get('vbench_quality', 1))}f}%"
+    if metric == "vbench_quality" or metric in PERCENT_METRICS:
+        return f"{100.0 * value:.{int(decimals.get(metric, 1))}f}%"
     if metric == "n":
         return f"{int(value)}"
     key = "time" if metric == "time" else metric
@@ -153,8 +158,7 @@ def main_table(
     s = _at_steps(summary[summary["media"] == media], steps)
     if s.empty:
         return None
-    quality = QUALITY[media]
-    metrics = ["time", "speedup", "nfe", quality, "latent_rmse", "n"]
+    metrics = ["time", "speedup", "nfe", *quality_metrics(s, media, QUALITY[media]), "latent_rmse", "n"]
     ks = sorted(int(k) for k in s.loc[s["algorithm"] != "sequential", "num_cores"].unique())
     if not ks:
         ks = [1]
@@ -216,7 +220,7 @@ def table3(summary: pd.DataFrame, steps: dict[str, int], decimals: dict, show_ci
 
     def metrics_of(model: str) -> list[str]:
         media = s.loc[s["model"] == model, "media"].iloc[0]
-        return ["speedup", "nfe", QUALITY[media], "latent_rmse", "n"]
+        return ["speedup", "nfe", *quality_metrics(s[s["model"] == model], media, QUALITY[media]), "latent_rmse", "n"]
 
     for model in models:
         for metric in metrics_of(model):
@@ -255,7 +259,8 @@ def table4(
     if s.empty:
         return None
     medias = [m for m in ("video", "image") if m in set(s["media"])]
-    metrics = ["time", "speedup", "nfe", *[QUALITY[m] for m in medias], "latent_rmse", "n"]
+    quality = [q for m in medias for q in quality_metrics(s[s["media"] == m], m, QUALITY[m])]
+    metrics = ["time", "speedup", "nfe", *dict.fromkeys(quality), "latent_rmse", "n"]
     s = s.sort_values(
         ["model", "method", "num_cores", "num_steps"],
         key=lambda c: c.map(method_sort_key) if c.name == "method" else c,
@@ -266,7 +271,7 @@ def table4(
         num: dict[str, float] = {}
         disp = []
         for metric in metrics:
-            other = metric in QUALITY.values() and QUALITY[cell["media"]] != metric
+            other = QUALITY_MEDIA.get(metric, cell["media"]) not in (None, cell["media"])
             nums, text = _cell(metric, None if other else cell, time, decimals, show_ci)
             num.update(nums)
             disp.append(text)

@@ -17,7 +17,7 @@ from chords import CHORDS, sample
 from chords.backends import LocalBackend, ProcessBackend, WorkerError
 from chords.cli import main as cli_main
 from chords.config import ConfigError, validate
-from chords.models.digits import DigitsModel, GaussianModel, prompt_digit
+from chords.models.digits import DigitsExactModel, GaussianModel, prompt_digit
 from chords.rundir import is_complete, run_folder
 from chords.runner import run
 from tests.conftest import ROOT, cli_env, compose
@@ -59,11 +59,16 @@ def test_official_command_lines_compose_and_validate(line, monkeypatch):
         assert spec.stop.index == cfg.algo.stopping_kwargs.index
 
 
-def test_defaults_are_chords_on_four_processes(monkeypatch):
+def test_defaults_are_chords_on_four_batched_cores(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = compose([])
     spec = validate(cfg, check_output=False)
-    assert (cfg.model.model_name, cfg.algo.algo_name, cfg.hardware.name, spec.world_size) == ("digits", "chords", "cpu", 4)  # auto -> cpu here
+    if torch.cuda.is_available():
+        pytest.skip("hardware=auto resolves to gpu where CUDA is visible")
+    # auto -> batched without GPUs: one process, all 4 cores of a round in one forward
+    assert (cfg.model.model_name, cfg.algo.algo_name, cfg.hardware.name, cfg.hardware.backend, cfg.hardware.mode) == (
+        "digits", "chords", "batched", "local", "batched")
+    assert spec.world_size == 1 and spec.algorithm.num_cores == 4
     assert spec.algorithm.resolve_init_t(50) == [0, 8, 16, 32]
 
 
@@ -90,20 +95,24 @@ def test_every_algorithm_runs_and_writes_valid_folders(tmp_path, algo, monkeypat
 # --------------------------------------------------------------------------- main job, backends
 
 
-def test_default_job_on_two_processes(tmp_path):
+def test_default_job_with_two_cores(tmp_path):
+    """The default job (trained digits, CHORDS, hardware=auto) with K=2; processes are covered below."""
     out = tmp_path / "out"
+    hw = [] if not torch.cuda.is_available() else ["hardware=batched"]
     proc = subprocess.run(
-        [sys.executable, "run_image_mp.py", "ngpu=2", f"output_base_path={out}"],
+        [sys.executable, "run_image_mp.py", "ngpu=2", f"output_base_path={out}", *hw],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "speedup" in proc.stdout and proc.stdout.count("x ") >= 4
+    assert "class accuracy (digit classifier vs prompt)" in proc.stdout
     folders = sorted((out / "digits").glob("chords-k2-*/*"))
     refs = sorted((out / "digits" / "sequential").glob("*"))
     assert len(folders) == 4 and len(refs) == 4
+    assert (folders[0].parent / "grid.png").is_file()
     for f in folders:
         s = stats(f)
-        assert is_complete(f) and s["world_size"] == 2 and s["hardware"] == "cpu" and s["num_cores"] == 2
+        assert is_complete(f) and s["world_size"] == 1 and s["hardware"] == "batched" and s["num_cores"] == 2
         assert s["algo"]["init_t"][0] == 0 and len(s["algo"]["init_t"]) == 2
         assert [h["core"] for h in s["hits"]] == [0, 2]  # coarse shot, then the fastest core (index 1)
         assert all(h["wall_s"] >= 0 for h in s["hits"]) and s["timing"]["sample_s"] > 0
@@ -112,13 +121,13 @@ def test_default_job_on_two_processes(tmp_path):
 
 
 def test_same_seed_bitwise_identical_across_backends():
-    cfg = {"model_name": "digits", "height": 16, "width": 16, "num_inference_steps": 24, "dtype": "float32", "shift": 1.0}
-    ad = DigitsModel(cfg)
+    cfg = {"model_name": "digits-exact", "height": 16, "width": 16, "num_inference_steps": 24, "dtype": "float32", "shift": 1.0}
+    ad = DigitsExactModel(cfg)
     enc = ad.encode("a handwritten digit 4", 42)
     outs = {}
     algo = CHORDS(3, [0, 4, 12])
     for name in ("loop", "batched", "cpu"):
-        backend = ProcessBackend(ad, "chords.models.digits.DigitsModel", cfg, 3, timeout_s=60) if name == "cpu" else LocalBackend(ad, name)
+        backend = ProcessBackend(ad, "chords.models.digits.DigitsExactModel", cfg, 3, timeout_s=60) if name == "cpu" else LocalBackend(ad, name)
         with backend:
             backend.set_condition(enc.cond)
             res = sample(algo, backend.velocity, enc.x0, enc.step, enc.num_steps)
@@ -129,10 +138,10 @@ def test_same_seed_bitwise_identical_across_backends():
 
 
 def test_killed_worker_is_named_and_nothing_is_left(tmp_path):
-    cfg = {"model_name": "digits", "height": 8, "width": 8, "num_inference_steps": 10, "dtype": "float32", "shift": 1.0}
-    ad = DigitsModel(cfg)
+    cfg = {"model_name": "digits-exact", "height": 8, "width": 8, "num_inference_steps": 10, "dtype": "float32", "shift": 1.0}
+    ad = DigitsExactModel(cfg)
     enc = ad.encode("digit 1", 0)
-    backend = ProcessBackend(ad, "chords.models.digits.DigitsModel", cfg, 3, timeout_s=20)
+    backend = ProcessBackend(ad, "chords.models.digits.DigitsExactModel", cfg, 3, timeout_s=20)
     pids = [p.pid for p in backend.procs]
     try:
         backend.set_condition(enc.cond)
@@ -159,13 +168,14 @@ def test_cli_worker_killed_mid_run_exits_nonzero_naming_rank(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"a handwritten digit {i % 10} number {i}" for i in range(200)))
     proc = subprocess.Popen(
-        [sys.executable, "run_image_mp.py", "ngpu=2", "model.num_inference_steps=400", "model.height=64", "model.width=64",
+        [sys.executable, "run_image_mp.py", "ngpu=2", "hardware=cpu", "model=digits-exact", "model.num_inference_steps=400",
+         "model.height=64", "model.width=64",
          f"prompt_file={prompts}", f"output_base_path={out}", "hardware.timeout_s=15", "reference=false", "algo.full_return=false"],
         cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(out.glob("digits/chords-*/*/stats.json")):
+        while time.monotonic() < deadline and not list(out.glob("digits-exact/chords-*/*/stats.json")):
             time.sleep(0.2)
         # the spawned worker (rank 1) runs "python -c from multiprocessing.spawn import ..."
         workers = [w for w in _children(proc.pid) if "spawn_main" in Path(f"/proc/{w}/cmdline").read_text(errors="ignore")]
@@ -179,7 +189,7 @@ def test_cli_worker_killed_mid_run_exits_nonzero_naming_rank(tmp_path):
     assert proc.returncode not in (0, None)
     assert "worker rank 1" in err
     assert not _children(proc.pid)
-    for f in out.glob("digits/chords-*/*"):
+    for f in out.glob("digits-exact/chords-*/*"):
         assert is_complete(f), f"half-written {f}"
     assert not list(out.rglob("*.tmp-*"))
 
@@ -188,19 +198,20 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path):
     out = tmp_path / "out"
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"digit {i}" for i in range(10)))
-    args = [sys.executable, "run_image_mp.py", "hardware=local", "model.num_inference_steps=300", "model.height=64", "model.width=64",
+    args = [sys.executable, "run_image_mp.py", "hardware=local", "model=digits-exact", "model.num_inference_steps=300",
+            "model.height=64", "model.width=64",
             f"prompt_file={prompts}", f"output_base_path={out}", "reference=false", "algo.full_return=false"]
     proc = subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("digits/chords-*/*/stats.json"))) < 3:
+    while time.monotonic() < deadline and len(list(out.glob("digits-exact/chords-*/*/stats.json"))) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = {f.parent: f.stat().st_mtime_ns for f in out.glob("digits/chords-*/*/stats.json")}
+    done = {f.parent: f.stat().st_mtime_ns for f in out.glob("digits-exact/chords-*/*/stats.json")}
     assert 3 <= len(done) < 10
     proc = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    after = {f.parent: f.stat().st_mtime_ns for f in out.glob("digits/chords-*/*/stats.json")}
+    after = {f.parent: f.stat().st_mtime_ns for f in out.glob("digits-exact/chords-*/*/stats.json")}
     assert len(after) == 10 and all(after[f] == t for f, t in done.items())
     assert not list(out.rglob("*.tmp-*"))
 
@@ -311,8 +322,8 @@ def test_prompt_digit():
 
 def test_digits_velocity_is_the_exact_posterior_mean():
     """At a state equal to (1 - sigma) d_n + sigma eps with tiny sigma the velocity points at d_n."""
-    cfg = {"model_name": "digits", "height": 8, "width": 8, "num_inference_steps": 50, "dtype": "float64", "shift": 1.0}
-    ad = DigitsModel(cfg)
+    cfg = {"model_name": "digits-exact", "height": 8, "width": 8, "num_inference_steps": 50, "dtype": "float64", "shift": 1.0}
+    ad = DigitsExactModel(cfg)
     enc = ad.encode("digit 5", 0)
     d = ad._subset(5)[0][3].reshape(1, 1, 8, 8)
     eps = torch.randn(1, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

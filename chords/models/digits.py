@@ -1,6 +1,9 @@
-"""Embedded analytic models: real diffusion models that need no training and no download.
+"""Embedded analytic models with known answers (for tests), and helpers the embedded models share.
 
-``digits``: the exact flow-matching velocity of the empirical distribution of scikit-learn's
+The trained embedded models (``model=digits``, ``model=moving-digits``) are in
+:mod:`chords.models.embedded`.
+
+``digits-exact``: the exact flow-matching velocity of the empirical distribution of scikit-learn's
 handwritten digits (1797 labelled 8x8 images, shipped inside the sklearn wheel), upscaled to
 ``height x width``. For ``x = (1 - sigma) d + sigma eps`` the optimal velocity (the one a perfect
 network would learn, in diffusers' ``eps - d`` convention) is
@@ -96,8 +99,12 @@ class _EmbeddedImageModel(Adapter):
         return [name]
 
 
-class DigitsModel(_EmbeddedImageModel):
-    """The default model: scikit-learn's handwritten digits, exact flow-matching velocity."""
+class DigitsExactModel(_EmbeddedImageModel):
+    """model=digits-exact: scikit-learn's handwritten digits, exact flow-matching velocity.
+
+    Every sample is a copy of a training image (the exact posterior mean commits to one), which
+    makes it a test model with a known answer, not a generative model.
+    """
 
     def __init__(self, cfg: Mapping[str, Any], device: torch.device | str = "cpu", role: str = "full"):
         super().__init__(cfg, device, role)
@@ -139,6 +146,10 @@ class DigitsModel(_EmbeddedImageModel):
     def param_counts(self) -> dict[str, int]:
         n = self.data.numel()
         return {"denoiser": n, "total": n}
+
+
+#: the former name of DigitsExactModel (before model=digits became the trained DiT)
+DigitsModel = DigitsExactModel
 
 
 class GaussianModel(_EmbeddedImageModel):
