@@ -114,6 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reference", "bool"),
     Setting("overwrite", "bool"),
     Setting("summary", "bool"),
+    Setting("grid", "bool"),
     Setting("model.model_name", "text"),
     Setting("model.adapter", "text", required=True, note="dotted path of an Adapter class"),
     Setting("model.num_inference_steps", "int", 1, MAX_STEPS, required=True, note="N; algo=chords needs N >= its cores"),

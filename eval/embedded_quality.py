@@ -3,9 +3,9 @@
 Runs of ``model=digits`` and ``model=moving-digits`` (recognised by ``encode_meta.embedded`` in
 their stats.json) are scored with the committed digit classifier
 (``chords/models/weights/digit_classifier.safetensors``, definitions in chords/digitnet.py, a
-pure module: eval imports no adapter). Their latent is the pixel array (no VAE), so the
-``output`` tensor of latents.safetensors is scored exactly as the PNG/MP4 shows it, without the
-MP4's compression.
+pure module: eval imports no adapter). The ``output`` tensor of latents.safetensors is decoded
+with the models' fixed autoencoder (``chords.digitnet.as_pixels``) and scored as the PNG/MP4
+shows it, without the MP4's compression.
 
 Per run (means over a cell's runs in summary.csv and the tables):
 

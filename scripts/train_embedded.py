@@ -10,12 +10,16 @@ scikit-learn's bundled digits, training split only, see chords/digitnet.py):
 * ``digit_classifier.safetensors``: the CNN that scores samples (class accuracy, Fréchet
   distance, per-frame class, see chords/digitnet.py), on augmented images and clip-sized digits;
   its held-out accuracy is printed and stored in the file's metadata.
-* ``digits.safetensors``: a class-conditional flow-matching DiT on augmented 32x32 digits
-  (model=digits).
-* ``moving_digits.safetensors``: the same kind of DiT with 2x8x8 spatio-temporal patches on
-  8-frame 32x32 clips of a digit moving left/right/up/down, slow or fast (model=moving-digits),
-  initialised from the image model (as video models start from image models; needs
-  ``digits.safetensors`` in ``--out`` when trained alone).
+* ``digits.safetensors``: a class-conditional flow-matching DiT on augmented digits in the
+  16x16 latent space of the fixed autoencoder (chords/digitnet.py: 2x2 mean pooling of 32x32
+  pixels, bicubic decoding), 4x4 latent patches (model=digits).
+* ``moving_digits.safetensors``: the same kind of DiT with 2x4x4 spatio-temporal patches on
+  8-frame clips (latents of 32x32 frames) of a digit moving left/right/up/down, slow or fast
+  (model=moving-digits).
+
+The classifier and the image model train one after the other in one process, the video model
+in a second process at the same time (``--jobs 2``, the default: one per core of a 2-core
+machine); every part seeds its own generators, so ``--jobs 1`` writes the same files.
 
 Flow matching in diffusers' convention: ``x = (1 - s) x0 + s eps`` with ``s ~ U(0, 1)``, the
 network regresses ``v = eps - x0`` (MSE). Each label is replaced by its null entry with
@@ -53,10 +57,11 @@ from chords.digitnet import (  # noqa: E402
     augment_params,
     canonical_params,
     digit_split,
+    encode_pixels,
     render,
     render_clips,
 )
-from chords.models.nets import DiT, DiTConfig, load_dit, param_count  # noqa: E402
+from chords.models.nets import DiT, DiTConfig, param_count  # noqa: E402
 from chords.weights import WEIGHTS_DIR, save_checkpoint  # noqa: E402
 
 PARTS = ("classifier", "digits", "moving-digits")
@@ -75,13 +80,16 @@ class Recipe:
 
 RECIPES = {
     "classifier": Recipe(steps=300, batch=128, lr=3e-3, warmup=20, ema=0.0),
-    "digits": Recipe(steps=1800, batch=64, lr=2e-3, warmup=100),
-    "moving-digits": Recipe(steps=1000, batch=32, lr=2e-3, warmup=60),
+    "digits": Recipe(steps=3000, batch=64, lr=2e-3, warmup=100),
+    "moving-digits": Recipe(steps=1800, batch=32, lr=2e-3, warmup=100),
 }
+#: latent sizes (chords.digitnet.LATENT: 32x32 pixels -> 16x16)
 NETS = {
-    "digits": DiTConfig(channels=1, frames=1, height=32, width=32, patch_t=1, patch=8, dim=128, depth=8, heads=4, labels=(10,)),
-    "moving-digits": DiTConfig(channels=1, frames=8, height=32, width=32, patch_t=2, patch=8, dim=128, depth=8, heads=4, labels=(10, 4, 2)),
+    "digits": DiTConfig(channels=1, frames=1, height=16, width=16, patch_t=1, patch=4, dim=128, depth=8, heads=4, labels=(10,)),
+    "moving-digits": DiTConfig(channels=1, frames=8, height=16, width=16, patch_t=2, patch=4, dim=128, depth=8, heads=4, labels=(10, 4, 2)),
 }
+#: parts trained in one process, one after the other (--jobs 2 runs the groups side by side)
+GROUPS = (("classifier", "digits"), ("moving-digits",))
 
 
 def lr_at(step: int, r: Recipe) -> float:
@@ -190,7 +198,7 @@ def dit_batch(part: str, src: torch.Tensor, lab: torch.Tensor, rng: np.random.Ge
         cb = render_clips(src[idx], lab[idx], rng, cfg.frames)
         x0 = cb.clips
         labels = torch.stack([cb.labels, cb.direction, cb.speed], 1)
-    return x0, labels
+    return encode_pixels(x0), labels  # [n, 1, F, 16, 16]
 
 
 def flow_matching_loss(net: DiT, x0: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -202,41 +210,13 @@ def flow_matching_loss(net: DiT, x0: torch.Tensor, labels: torch.Tensor, rng: np
     return F.mse_loss(net(xt, sigma, labels), eps - x0)
 
 
-@torch.no_grad()
-def init_from_image(video: DiT, image: DiT) -> None:
-    """Start the video DiT from the image DiT, as video models start from image models.
-
-    Blocks, time MLP, class embedding and final layer are copied; a spatio-temporal patch
-    embeds as the mean of its frames' image embeddings and unembeds to the same image patch in
-    each frame; every temporal slot starts with the image's spatial position embedding.
-    Direction and speed embeddings start fresh.
-    """
-    vc, ic = video.cfg, image.cfg
-    if (vc.dim, vc.depth, vc.heads, vc.patch, vc.height, vc.width) != (ic.dim, ic.depth, ic.heads, ic.patch, ic.height, ic.width) or ic.frames != 1:
-        raise ValueError("the video DiT must have the image DiT's width, depth, heads, spatial patch and size")
-    vs, src = video.state_dict(), image.state_dict()
-    for k, v in src.items():
-        if k in vs and vs[k].shape == v.shape and k not in ("pos", "cond_pos"):
-            vs[k].copy_(v)
-    pt = vc.patch_t
-    vs["embed.weight"].copy_(torch.cat([src["embed.weight"] / pt] * pt, dim=1))
-    vs["out.weight"].copy_(torch.cat([src["out.weight"]] * pt, dim=0))
-    vs["out.bias"].copy_(torch.cat([src["out.bias"]] * pt, dim=0))
-    vs["pos"].copy_(src["pos"].repeat(1, vc.grid[0], 1) + 0.02 * torch.randn_like(vs["pos"]))
-    vs["cond_pos"][:, : src["cond_pos"].shape[1]].copy_(src["cond_pos"])
-    video.load_state_dict(vs)
-
-
-def train_dit(part: str, r: Recipe, seed: int, log, init: DiT | None = None) -> tuple[DiT, dict]:
+def train_dit(part: str, r: Recipe, seed: int, log) -> tuple[DiT, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = NETS[part]
     src, lab = digit_split("train")
     net = DiT(cfg)
-    if init is not None:
-        init_from_image(net, init)
-    log(f"{part}: {param_count(net) / 1e6:.2f}M parameters, {cfg.tokens} tokens of {cfg.patch_dim}"
-        + (" (initialised from the image model)" if init is not None else ""))
+    log(f"{part}: {param_count(net) / 1e6:.2f}M parameters, {cfg.tokens} tokens of {cfg.patch_dim}")
     ema = EMA(net, r.ema)
     opt = _optimizer(net, r)
     losses = []
@@ -284,12 +264,56 @@ def plot(log_data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Job:
+    """What one training process does: its parts, in order, and the shared settings."""
+
+    parts: tuple[str, ...]
+    out: Path
+    seed: int
+    threads: int
+    max_steps: int | None
+    t0: float
+
+
+def run_group(job: Job) -> dict[str, dict]:
+    """Train ``job.parts`` one after the other in this process; write their weights; return their log entries."""
+    torch.set_num_threads(job.threads)
+    torch.use_deterministic_algorithms(True)
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - job.t0:7.1f}s] {msg}", flush=True)
+
+    infos = {}
+    for part in job.parts:
+        r = RECIPES[part]
+        if job.max_steps is not None:
+            r = Recipe(**{**r.__dict__, "steps": min(r.steps, job.max_steps), "warmup": min(r.warmup, max(1, job.max_steps // 2))})
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        meta = {"seed": str(job.seed), "threads": str(job.threads), "steps": str(r.steps), "batch": str(r.batch),
+                "trained_by": "scripts/train_embedded.py"}
+        if part == "classifier":
+            net, info = train_classifier(r, job.seed, log)
+            meta["heldout_accuracy"] = json.dumps(info["heldout_accuracy"])
+        else:
+            net, info = train_dit(part, r, job.seed, log)
+            meta["dit_config"] = NETS[part].to_json()
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        # float16 on disk (half the size; the adapters compute in float32): the committed model is this rounding
+        save_checkpoint(job.out / FILES[part], {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, meta)
+        info.update(seconds=seconds, cpu_seconds=cpu, steps=r.steps, batch=r.batch, lr=r.lr)
+        infos[part] = info
+        log(f"{part}: {r.steps} steps in {seconds:.1f}s wall, {cpu:.1f}s CPU -> {job.out / FILES[part]}")
+    return infos
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the weights, log and loss curve")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (results depend on it; 1 is fastest on a busy 2-core machine)")
+                    help="torch intra-op threads per process (results depend on it; keep 1 to reproduce the committed files)")
+    ap.add_argument("--jobs", type=int, default=2, help="training processes (1: everything in this process; same files)")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every part's steps (smoke runs)")
     args = ap.parse_args(argv)
@@ -298,52 +322,37 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: --only {bad[0]!r} is unknown: use a comma list of {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    if args.threads < 1:
-        print(f"error: --threads {args.threads} is invalid: it must be >= 1", file=sys.stderr)
+    for name in ("threads", "jobs"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name} {getattr(args, name)} is invalid: it must be >= 1", file=sys.stderr)
+            return 2
+    if args.max_steps is not None and args.max_steps < 1:
+        print(f"error: --max-steps {args.max_steps} is invalid: it must be >= 1", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+    groups = [tuple(p for p in g if p in parts) for g in GROUPS]
+    jobs = [Job(g, args.out, args.seed, args.threads, args.max_steps, t_all) for g in groups if g]
+    infos: dict[str, dict] = {}
+    if args.jobs == 1 or len(jobs) == 1:
+        for job in jobs:
+            infos.update(run_group(job))
+    else:
+        import multiprocessing as mp
 
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", flush=True)
-
+        with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+            for got in pool.map(run_group, jobs):
+                infos.update(got)
     log_path = args.out / "training_log.json"
     data = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    data.setdefault("parts", {})
-    data.update(seed=args.seed, threads=args.threads, torch=torch.__version__)
-    trained: dict[str, DiT] = {}
-    for part in parts:
-        r = RECIPES[part]
-        if args.max_steps is not None:
-            r = Recipe(**{**r.__dict__, "steps": min(r.steps, args.max_steps), "warmup": min(r.warmup, max(1, args.max_steps // 2))})
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        meta = {"seed": str(args.seed), "threads": str(args.threads), "steps": str(r.steps), "batch": str(r.batch),
-                "trained_by": "scripts/train_embedded.py"}
-        if part == "classifier":
-            net, info = train_classifier(r, args.seed, log)
-            meta["heldout_accuracy"] = json.dumps(info["heldout_accuracy"])
-        else:
-            init = None
-            if part == "moving-digits":  # starts from the image model: this run's, else the one in --out
-                init = trained.get("digits") or load_dit(args.out / FILES["digits"])
-            net, info = train_dit(part, r, args.seed, log, init=init)
-            trained[part] = net
-            meta["dit_config"] = NETS[part].to_json()
-            if init is not None:
-                meta["init"] = "digits"
-        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        # float16 on disk (half the size; the adapters compute in float32): the committed model is this rounding
-        save_checkpoint(args.out / FILES[part], {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, meta)
-        info.update(seconds=seconds, cpu_seconds=cpu, steps=r.steps, batch=r.batch, lr=r.lr)
-        data["parts"][part] = info
-        log(f"{part}: {r.steps} steps in {seconds:.1f}s wall, {cpu:.1f}s CPU -> {args.out / FILES[part]}")
-    data["total_seconds_last_run"] = time.perf_counter() - t_all
-    data["total_cpu_seconds_last_run"] = cpu_seconds()
+    data.setdefault("parts", {}).update({p: infos[p] for p in PARTS if p in infos})
+    total = time.perf_counter() - t_all
+    data.update(seed=args.seed, threads=args.threads, jobs=args.jobs, torch=torch.__version__,
+                total_seconds_last_run=total, total_cpu_seconds_last_run=sum(i["cpu_seconds"] for i in infos.values()))
     log_path.write_text(json.dumps(data, indent=1))
     plot(data, args.out / "training_loss.png")
-    log(f"done in {time.perf_counter() - t_all:.1f}s; log {log_path}, curves {args.out / 'training_loss.png'}")
+    print(f"[{total:7.1f}s] done in {total:.1f}s wall ({data['total_cpu_seconds_last_run']:.0f}s CPU in the training processes); "
+          f"log {log_path}, curves {args.out / 'training_loss.png'}", flush=True)
     return 0
 
 

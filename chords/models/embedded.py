@@ -9,6 +9,11 @@ spatio-temporal patches, trained on 8-frame 32x32 clips of a digit moving left, 
 down, slow (1 px/frame) or fast (2 px/frame); the prompt names them ("a 7 moving left fast").
 Output: ``video.mp4`` (the clip upscaled 4x, nearest, for viewing).
 
+Both work in the 16x16 latent space of a fixed autoencoder (chords/digitnet.py: 2x2 mean
+pooling of 32x32 pixels, bicubic decoding), as Flux and Wan work in a VAE's latent space:
+``height``/``width`` are pixels (32), the latent is ``[1, 1, 16, 16]`` (video
+``[1, 1, 8, 16, 16]``), latent RMSE is measured on it and ``decode`` writes the decoded pixels.
+
 Both are used as diffusers' flow-matching pipelines are: Euler on the sigma grid
 ``linspace(1, 0, N + 1)`` with SD3's time ``shift``; the network predicts ``v = noise - x0``;
 classifier-free guidance ``v = v_null + guidance_scale * (v_cond - v_null)``, with the null
@@ -37,7 +42,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from chords.digitnet import DIRECTIONS, SPEEDS
+from chords.digitnet import DIRECTIONS, LATENT_SCALE, SIZE, SPEEDS, decode_latents
 from chords.models.base import Adapter, Encoded
 from chords.models.digits import flow_sigmas, prompt_digit, save_png
 from chords.models.nets import DiT, load_dit, param_count
@@ -118,9 +123,9 @@ class _EmbeddedDiT(Adapter):
             trained = json.loads(meta["dit_config"])
         except (WeightsError, KeyError, ValueError):
             return []
-        for key, tkey in (("height", "height"), ("width", "width"), ("num_frames", "frames")):
-            if key in cls._shape_keys() and cfg.get(key) != trained[tkey]:
-                errs.append(f"model.{key} {cfg.get(key)!r} is invalid: {cfg.get('model_name')} was trained at {key}={trained[tkey]}")
+        for key, tkey, scale in (("height", "height", LATENT_SCALE), ("width", "width", LATENT_SCALE), ("num_frames", "frames", 1)):
+            if key in cls._shape_keys() and cfg.get(key) != trained[tkey] * scale:
+                errs.append(f"model.{key} {cfg.get(key)!r} is invalid: {cfg.get('model_name')} was trained at {key}={trained[tkey] * scale}")
         return errs
 
     @classmethod
@@ -146,7 +151,7 @@ class _EmbeddedDiT(Adapter):
     def encode(self, prompt: str, seed: int) -> Encoded:
         labels, meta = self.parse(prompt)
         sig = flow_sigmas(int(self.cfg["num_inference_steps"]), float(self.cfg.get("shift", 1.0)))
-        step = EulerStep(sig.to(self.dtype))
+        step = EulerStep(sig.to(self.dtype), precision=str(self.cfg.get("step_precision", "model")))
         g = torch.Generator("cpu").manual_seed(int(seed))
         x0 = torch.randn(self.latent_shape, generator=g, dtype=torch.float32).to(self.device, self.dtype)
         # a null label means "any": the label table's size
@@ -194,7 +199,7 @@ class DigitsDiT(_EmbeddedDiT):
 
     def decode(self, x: Tensor, out_dir: Path, stem: str) -> list[str]:
         name = f"{stem}.png"
-        save_png(x, Path(out_dir) / name)
+        save_png(decode_latents(x), Path(out_dir) / name)
         return [name]
 
 
@@ -234,7 +239,7 @@ class MovingDigitsDiT(_EmbeddedDiT):
     def decode(self, x: Tensor, out_dir: Path, stem: str) -> list[str]:
         import imageio.v2 as imageio
 
-        frames = x.detach().float().cpu().reshape(-1, *x.shape[-2:])  # [F, H, W]
+        frames = decode_latents(x.detach().cpu()).reshape(-1, SIZE, SIZE)  # [F, 32, 32] pixels
         arr = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         arr = np.repeat(np.repeat(arr, self.upscale, axis=1), self.upscale, axis=2)
         name = f"{stem}.mp4"
