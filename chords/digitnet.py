@@ -255,8 +255,9 @@ def default_classifier() -> DigitClassifier:
 
 @torch.no_grad()
 def classify(net: DigitClassifier, images: Tensor, batch: int = 512) -> tuple[Tensor, Tensor]:
-    """(softmax probabilities [N, 10], features [N, 64]) of images [N, 1, 32, 32] (or [N, 32, 32])."""
-    x = images.detach().float().reshape(-1, 1, SIZE, SIZE).clamp(-1, 1)
+    """(softmax probabilities [N, 10], features [N, 64]) of images [N, 1, 32, 32] (or [N, 32, 32]),
+    or of latents [N, 1, 16, 16] (decoded first, ``as_pixels``)."""
+    x = as_pixels(images.detach()).reshape(-1, 1, SIZE, SIZE)
     probs, feats = [], []
     for i in range(0, len(x), batch):
         f = net.features(x[i : i + batch])

@@ -15,18 +15,20 @@ scikit-learn's bundled digits, training split only, see chords/digitnet.py):
   pixels, bicubic decoding), 4x4 latent patches (model=digits).
 * ``moving_digits.safetensors``: the same kind of DiT with 2x4x4 spatio-temporal patches on
   8-frame clips (latents of 32x32 frames) of a digit moving left/right/up/down, slow or fast
-  (model=moving-digits).
+  (model=moving-digits), initialised from ``digits.safetensors`` in ``--out`` (as video models
+  start from image models), the file this run wrote or an earlier one.
 
-The classifier and the image model train one after the other in one process, the video model
-in a second process at the same time (``--jobs 2``, the default: one per core of a 2-core
-machine); every part seeds its own generators, so ``--jobs 1`` writes the same files.
+The image model and then the video model train in one process, the classifier in a second one
+at the same time (``--jobs 2``, the default); every part seeds its own generators, so
+``--jobs 1`` writes the same files.
 
 Flow matching in diffusers' convention: ``x = (1 - s) x0 + s eps`` with ``s ~ U(0, 1)``, the
 network regresses ``v = eps - x0`` (MSE). Each label is replaced by its null entry with
 probability 0.1, independently, for classifier-free guidance. AdamW, linear warm-up then
 cosine decay, an exponential moving average of the weights (what is saved). Every batch is
 freshly augmented from a numpy Generator seeded by ``--seed``, so a rerun with the same seed,
-thread count and machine reproduces the files bit for bit.
+thread count and machine reproduces every tensor and metadata value bit for bit (the order of
+the metadata keys in the safetensors header may differ between runs).
 
 Also written: ``training_log.json`` (losses, times, settings, held-out accuracy) and
 ``training_loss.png`` (the loss curves).
@@ -61,7 +63,7 @@ from chords.digitnet import (  # noqa: E402
     render,
     render_clips,
 )
-from chords.models.nets import DiT, DiTConfig, param_count  # noqa: E402
+from chords.models.nets import DiT, DiTConfig, load_dit, param_count  # noqa: E402
 from chords.weights import WEIGHTS_DIR, save_checkpoint  # noqa: E402
 
 PARTS = ("classifier", "digits", "moving-digits")
@@ -80,16 +82,17 @@ class Recipe:
 
 RECIPES = {
     "classifier": Recipe(steps=300, batch=128, lr=3e-3, warmup=20, ema=0.0),
-    "digits": Recipe(steps=3000, batch=64, lr=2e-3, warmup=100),
-    "moving-digits": Recipe(steps=1800, batch=32, lr=2e-3, warmup=100),
+    "digits": Recipe(steps=2400, batch=64, lr=2e-3, warmup=100),
+    "moving-digits": Recipe(steps=1800, batch=24, lr=2e-3, warmup=100),
 }
 #: latent sizes (chords.digitnet.LATENT: 32x32 pixels -> 16x16)
 NETS = {
     "digits": DiTConfig(channels=1, frames=1, height=16, width=16, patch_t=1, patch=4, dim=128, depth=8, heads=4, labels=(10,)),
     "moving-digits": DiTConfig(channels=1, frames=8, height=16, width=16, patch_t=2, patch=4, dim=128, depth=8, heads=4, labels=(10, 4, 2)),
 }
-#: parts trained in one process, one after the other (--jobs 2 runs the groups side by side)
-GROUPS = (("classifier", "digits"), ("moving-digits",))
+#: parts trained in one process, one after the other (--jobs 2 runs the groups side by side);
+#: the video model starts from the image model, so it follows it
+GROUPS = (("digits", "moving-digits"), ("classifier",))
 
 
 def lr_at(step: int, r: Recipe) -> float:
@@ -210,13 +213,41 @@ def flow_matching_loss(net: DiT, x0: torch.Tensor, labels: torch.Tensor, rng: np
     return F.mse_loss(net(xt, sigma, labels), eps - x0)
 
 
-def train_dit(part: str, r: Recipe, seed: int, log) -> tuple[DiT, dict]:
+@torch.no_grad()
+def init_from_image(video: DiT, image: DiT) -> None:
+    """Start the video DiT from the image DiT, as video models start from image models.
+
+    Blocks, time MLP, class embedding and final layer are copied; a spatio-temporal patch
+    embeds as the mean of its frames' image embeddings and unembeds to the same image patch in
+    each frame; every temporal slot starts with the image's spatial position embedding.
+    Direction and speed embeddings start fresh.
+    """
+    vc, ic = video.cfg, image.cfg
+    if (vc.dim, vc.depth, vc.heads, vc.patch, vc.height, vc.width) != (ic.dim, ic.depth, ic.heads, ic.patch, ic.height, ic.width) or ic.frames != 1:
+        raise ValueError("the video DiT must have the image DiT's width, depth, heads, spatial patch and size")
+    vs, src = video.state_dict(), image.state_dict()
+    for k, v in src.items():
+        if k in vs and vs[k].shape == v.shape and k not in ("pos", "cond_pos"):
+            vs[k].copy_(v)
+    pt = vc.patch_t
+    vs["embed.weight"].copy_(torch.cat([src["embed.weight"] / pt] * pt, dim=1))
+    vs["out.weight"].copy_(torch.cat([src["out.weight"]] * pt, dim=0))
+    vs["out.bias"].copy_(torch.cat([src["out.bias"]] * pt, dim=0))
+    vs["pos"].copy_(src["pos"].repeat(1, vc.grid[0], 1) + 0.02 * torch.randn_like(vs["pos"]))
+    vs["cond_pos"][:, : src["cond_pos"].shape[1]].copy_(src["cond_pos"])
+    video.load_state_dict(vs)
+
+
+def train_dit(part: str, r: Recipe, seed: int, log, init: DiT | None = None) -> tuple[DiT, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = NETS[part]
     src, lab = digit_split("train")
     net = DiT(cfg)
-    log(f"{part}: {param_count(net) / 1e6:.2f}M parameters, {cfg.tokens} tokens of {cfg.patch_dim}")
+    if init is not None:
+        init_from_image(net, init)
+    log(f"{part}: {param_count(net) / 1e6:.2f}M parameters, {cfg.tokens} tokens of {cfg.patch_dim}"
+        + (" (initialised from the image model)" if init is not None else ""))
     ema = EMA(net, r.ema)
     opt = _optimizer(net, r)
     losses = []
@@ -284,7 +315,7 @@ def run_group(job: Job) -> dict[str, dict]:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - job.t0:7.1f}s] {msg}", flush=True)
 
-    infos = {}
+    infos: dict[str, dict] = {}
     for part in job.parts:
         r = RECIPES[part]
         if job.max_steps is not None:
@@ -296,8 +327,13 @@ def run_group(job: Job) -> dict[str, dict]:
             net, info = train_classifier(r, job.seed, log)
             meta["heldout_accuracy"] = json.dumps(info["heldout_accuracy"])
         else:
-            net, info = train_dit(part, r, job.seed, log)
+            init = None
+            if part == "moving-digits":  # starts from the image model as saved (float16), whichever run wrote it
+                init = load_dit(job.out / FILES["digits"])
+            net, info = train_dit(part, r, job.seed, log, init=init)
             meta["dit_config"] = NETS[part].to_json()
+            if init is not None:
+                meta["init"] = "digits"
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         # float16 on disk (half the size; the adapters compute in float32): the committed model is this rounding
         save_checkpoint(job.out / FILES[part], {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, meta)

@@ -177,7 +177,7 @@ def test_reduced_training_run_writes_loadable_weights(tmp_path):
         import train_embedded
     finally:
         sys.path.pop(0)
-    assert train_embedded.main(["--out", str(tmp_path), "--max-steps", "2"]) == 0
+    assert train_embedded.main(["--out", str(tmp_path), "--max-steps", "2", "--jobs", "1"]) == 0
     for name in ("digits", "moving_digits"):
         assert isinstance(load_dit(tmp_path / f"{name}.safetensors"), DiT)
     from chords.digitnet import load_classifier
@@ -188,6 +188,17 @@ def test_reduced_training_run_writes_loadable_weights(tmp_path):
     assert set(log["parts"]) == {"classifier", "digits", "moving-digits"}
     ad = DigitsDiT({**DIGITS, "model_path": str(tmp_path / "digits.safetensors")})
     enc = ad.encode("a handwritten digit 1", 0)
+    # two processes (the default, as a user runs it) write the same files as one
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "scripts/train_embedded.py", "--out", str(two), "--max-steps", "2"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from chords.weights import read_checkpoint
+
+    for name in ("digit_classifier", "digits", "moving_digits"):  # tensors and metadata (the header's key order varies)
+        a, b = read_checkpoint(two / f"{name}.safetensors"), read_checkpoint(tmp_path / f"{name}.safetensors")
+        assert a.meta == b.meta and a.tensors.keys() == b.tensors.keys(), name
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), name
     assert ad.velocity(enc.x0[None], torch.tensor([0]), enc.cond).shape == (1, 1, 1, 16, 16)
 
 
