@@ -20,6 +20,8 @@ from typing import Callable, Generator, Protocol, Sequence
 
 import torch
 
+from chords.buffers import RoundBuffers
+
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]
 Step = Callable[[Tensor, Tensor, int, int], Tensor]
@@ -169,6 +171,7 @@ def sample(
             raise _Stopped
 
     gen = algorithm.solve(x0, step, num_steps, emit)
+    stacks = RoundBuffers(keep=1)
     try:
         request = next(gen)
         while True:
@@ -179,10 +182,13 @@ def sample(
                     f"{type(algorithm).__name__} asked for {batch} evaluations in one round; "
                     f"it has {algorithm.num_cores} core(s)"
                 )
-            v = velocity(torch.stack(list(xs)), torch.as_tensor(list(steps), dtype=torch.long))
+            stacked = _stack(list(xs), stacks, algorithm.num_cores)
+            v = velocity(stacked, torch.as_tensor(list(steps), dtype=torch.long))
+            del stacked, xs, request  # nothing of this round's request is kept: its buffer is reusable
             rounds += 1
             nfe += batch
             request = gen.send(v)
+            del v
     except StopIteration:
         pass
     except _Stopped:
@@ -190,6 +196,18 @@ def sample(
     if not hits:
         raise RuntimeError(f"{type(algorithm).__name__} finished without producing an output")
     return SampleResult(hits=hits, output=hits[-1].x, rounds=rounds, nfe=nfe, stopped_at=len(hits) - 1)
+
+
+def _stack(xs: list[Tensor], buffers: RoundBuffers, rows: int) -> Tensor:
+    """``torch.stack(xs)``, into last round's buffer when nothing uses it any more (on the CPU
+    a fresh multi-MB tensor costs page faults every round; :mod:`chords.buffers`)."""
+    first = xs[0]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs) or any(x.shape != first.shape for x in xs):
+        return torch.stack(xs)  # autograd, or an error with torch's own message
+    dtype = first.dtype
+    for x in xs[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)
+    return torch.stack(xs, out=buffers.get(len(xs), tuple(first.shape), dtype, first.device, rows))
 
 
 # --------------------------------------------------------------------------- sequential

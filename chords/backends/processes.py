@@ -79,6 +79,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from chords.backends.local import forward
+from chords.buffers import RoundBuffers
 from chords.models.base import Adapter, load_adapter_class
 
 Tensor = torch.Tensor
@@ -558,6 +559,7 @@ class ProcessBackend:
         # one host, CPU ranks: states and velocities through shared memory, only headers over gloo
         self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu"
         self._slots: SharedSlots | None = None
+        self._replies = RoundBuffers(keep=2)  # each round's gathered velocities (chords.buffers)
         self.bytes_per_round = 0
         self.bytes_total = 0
         self.timeout = timedelta(seconds=timeout_s)
@@ -794,7 +796,12 @@ class ProcessBackend:
         self.bytes_total += moved
         log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
                   "shared memory" if slots is not None else "sockets")
-        return torch.cat([v0, *(o.to(v0.device) for o in outs)])
+        parts_v = [v0, *(o.to(v0.device) for o in outs)]
+        if any(o.dtype != v0.dtype for o in parts_v):
+            return torch.cat(parts_v)
+        # into a buffer reused from an earlier round when nothing refers to it any more
+        out = self._replies.get(b, tuple(v0.shape[1:]), v0.dtype, v0.device, self.world_size * self.cap)
+        return torch.cat(parts_v, out=out)
 
     # ---------------------------------------------------------------- references on every rank
     def start_sequential(self, rank: int, x0: Tensor, cond: Mapping[str, Tensor], step: Any, num_steps: int) -> None:
