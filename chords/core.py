@@ -172,6 +172,7 @@ def sample(
 
     gen = algorithm.solve(x0, step, num_steps, emit)
     stacks = RoundBuffers(keep=1)
+    stage = _stager(velocity)
     try:
         request = next(gen)
         while True:
@@ -182,7 +183,7 @@ def sample(
                     f"{type(algorithm).__name__} asked for {batch} evaluations in one round; "
                     f"it has {algorithm.num_cores} core(s)"
                 )
-            stacked = _stack(list(xs), stacks, algorithm.num_cores)
+            stacked = _stack(list(xs), stacks, algorithm.num_cores, stage)
             v = velocity(stacked, torch.as_tensor(list(steps), dtype=torch.long))
             del stacked, xs, request  # nothing of this round's request is kept: its buffer is reusable
             rounds += 1
@@ -198,16 +199,31 @@ def sample(
     return SampleResult(hits=hits, output=hits[-1].x, rounds=rounds, nfe=nfe, stopped_at=len(hits) - 1)
 
 
-def _stack(xs: list[Tensor], buffers: RoundBuffers, rows: int) -> Tensor:
-    """``torch.stack(xs)``, into last round's buffer when nothing uses it any more (on the CPU
-    a fresh multi-MB tensor costs page faults every round; :mod:`chords.buffers`)."""
+def _stager(velocity: Velocity) -> Callable[[int, tuple[int, ...], torch.dtype], Tensor | None] | None:
+    """The oracle's ``stage(b, shape, dtype)``, if it offers one (an attribute of the callable,
+    or of the object whose bound method it is): a ``[b, *shape]`` buffer of its own to stack
+    the round's states into, or None for this round (the process backend's shared memory)."""
+    stage = getattr(velocity, "stage", None)
+    if stage is None:
+        stage = getattr(getattr(velocity, "__self__", None), "stage", None)
+    return stage if callable(stage) else None
+
+
+def _stack(xs: list[Tensor], buffers: RoundBuffers, rows: int, stage=None) -> Tensor:
+    """``torch.stack(xs)``: into the oracle's staging buffer when it offers one, else into last
+    round's buffer when nothing uses it any more (on the CPU a fresh multi-MB tensor costs page
+    faults every round; :mod:`chords.buffers`). The values are those of ``torch.stack``."""
     first = xs[0]
     if torch.is_grad_enabled() and any(x.requires_grad for x in xs) or any(x.shape != first.shape for x in xs):
         return torch.stack(xs)  # autograd, or an error with torch's own message
     dtype = first.dtype
     for x in xs[1:]:
         dtype = torch.promote_types(dtype, x.dtype)
-    return torch.stack(xs, out=buffers.get(len(xs), tuple(first.shape), dtype, first.device, rows))
+    shape = tuple(first.shape)
+    out = stage(len(xs), shape, dtype) if stage is not None and first.device.type == "cpu" else None
+    if out is None or out.device != first.device:
+        out = buffers.get(len(xs), shape, dtype, first.device, rows)
+    return torch.stack(xs, out=out)
 
 
 # --------------------------------------------------------------------------- sequential

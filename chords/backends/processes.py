@@ -79,7 +79,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from chords.backends.local import forward
-from chords.buffers import RoundBuffers
+from chords.buffers import RoundBuffers, unshared
 from chords.models.base import Adapter, load_adapter_class
 
 Tensor = torch.Tensor
@@ -89,6 +89,8 @@ STOP, EVAL, COND, REF, EVAL_SHM = 0, 1, 2, 3, 4
 #: bytes per element of a shared-memory slot: float32, bfloat16 and float16 states and velocities
 #: travel through it; float64 ones over the socket
 _SHM_ITEM = 4
+#: EVAL header fields before the grid indices: command, share size, state dtype, reply dtype, first row
+_HEAD = 5
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
@@ -157,9 +159,11 @@ class SharedSlots:
         self.bufs = [torch.from_file(path, shared=True, size=world_size * self.slot, dtype=torch.uint8) for path in paths]
         self.linked = True
 
-    def view(self, which: int, rank: int, n: int, dtype: torch.dtype) -> Tensor:
-        """``[n, *shape]`` of ``dtype`` in rank ``rank``'s state (0) or velocity (1) slot."""
-        start = rank * self.slot
+    def rows(self, which: int, lo: int, n: int, dtype: torch.dtype) -> Tensor:
+        """Rows ``lo .. lo + n - 1`` of the round's ``[b, *shape]`` states (0) or velocities (1),
+        stored as one contiguous ``dtype`` array from the start of the file: rank r's share is
+        rows ``shares(b, W)[r]``, so rank 0 can stack a whole round straight into the file."""
+        start = lo * self.numel * dtype.itemsize
         return self.bufs[which][start : start + n * self.numel * dtype.itemsize].view(dtype).view(n, *self.shape)
 
     def unlink(self) -> None:
@@ -295,7 +299,7 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
     ``[n, *S]`` velocities from one batched forward (micro-batches of ``max_batch``).
     """
     device = adapter.device
-    header = torch.zeros(4 + cap, dtype=torch.long, device=comm)
+    header = torch.zeros(_HEAD + cap, dtype=torch.long, device=comm)
     cond: Mapping[str, Tensor] = {}
     shape: tuple[int, ...] | None = None
     buffers: dict[tuple[torch.dtype, int], Tensor] = {}  # one receive buffer per (state dtype, share)
@@ -324,16 +328,16 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
             state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
             if cmd == EVAL_SHM:  # states and velocities in this rank's shared slots; only a signal on the socket
                 assert slots is not None, "EVAL_SHM without shared slots"
-                rank = dist.get_rank()
-                v = forward(adapter, slots.view(0, rank, n, state_dtype).to(device), header[4 : 4 + n].to(device), cond, max_batch)
-                slots.view(1, rank, n, reply_dtype).copy_(v)
+                lo = int(header[4])
+                v = forward(adapter, slots.rows(0, lo, n, state_dtype).to(device), header[_HEAD : _HEAD + n].to(device), cond, max_batch)
+                slots.rows(1, lo, n, reply_dtype).copy_(v)
                 dist.send(done, 0)
                 continue
             x = buffers.get((state_dtype, n))
             if x is None:
                 x = buffers[(state_dtype, n)] = torch.empty((n, *shape), dtype=state_dtype, device=comm)
             dist.recv(x, 0)
-            v = forward(adapter, x.to(device), header[4 : 4 + n].to(device), cond, max_batch)
+            v = forward(adapter, x.to(device), header[_HEAD : _HEAD + n].to(device), cond, max_batch)
             dist.send(v.to(comm, reply_dtype).contiguous(), 0)
 
 
@@ -426,7 +430,7 @@ def release_torchrun_ranks(dist_backend: str, num_cores: int, timeout_s: float) 
                             timeout=timedelta(seconds=timeout_s))
     try:
         device = torch.device("cpu") if dist_backend == "gloo" else torch.device(f"cuda:{env['local_rank']}")
-        header = torch.zeros(4 + share_cap(num_cores, env["world_size"]), dtype=torch.long, device=device)
+        header = torch.zeros(_HEAD + share_cap(num_cores, env["world_size"]), dtype=torch.long, device=device)
         for rank in range(1, env["world_size"]):
             dist.send(header, rank)  # STOP == 0
     finally:
@@ -709,11 +713,12 @@ class ProcessBackend:
         if ok is False:
             raise WorkerError(f"{self._name(rank)} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
 
-    def _send_header(self, rank: int, cmd: int, n: int = 0, state_code: int = 0, reply_code: int = 0, steps: Tensor | None = None):
-        header = torch.zeros(4 + self.cap, dtype=torch.long)
-        header[:4] = torch.tensor([cmd, n, state_code, reply_code])
+    def _send_header(self, rank: int, cmd: int, n: int = 0, state_code: int = 0, reply_code: int = 0,
+                     steps: Tensor | None = None, lo: int = 0):
+        header = torch.zeros(_HEAD + self.cap, dtype=torch.long)
+        header[:_HEAD] = torch.tensor([cmd, n, state_code, reply_code, lo])
         if steps is not None:
-            header[4 : 4 + len(steps)] = steps.cpu()
+            header[_HEAD : _HEAD + len(steps)] = steps.cpu()
         return dist.isend(header.to(self.comm), rank)
 
     # ---------------------------------------------------------------- protocol
@@ -747,6 +752,19 @@ class ProcessBackend:
                 self._wait(work, rank, what="map the shared memory")
         self._shape = shape
 
+    def stage(self, b: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
+        """Where :func:`chords.core.sample` may stack a round of ``b`` states: rows ``0 .. b-1``
+        of the shared state file, so that :meth:`velocity` copies nothing (its workers read their
+        rows there). None when that would not help or not be safe: no shared memory (yet) for this
+        shape, a dtype wider than a slot, a round rank 0 evaluates alone, or a tensor still using
+        the file (the previous round's states, kept by someone: they must not change)."""
+        slots = self._slots
+        if slots is None or self._shape != tuple(shape) or dtype.itemsize > _SHM_ITEM or not 1 <= b <= self.world_size * self.cap:
+            return None
+        if all(hi == lo for lo, hi in shares(b, self.world_size)[1:]) or not unshared(slots.bufs[0]):
+            return None
+        return slots.rows(0, 0, b, dtype)
+
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor) -> Tensor:
         b = xs.shape[0]
@@ -764,14 +782,19 @@ class ProcessBackend:
         sends, recvs, outs = [], [], []
         moved = 0
         slots = self._slots if xs.dtype.itemsize <= _SHM_ITEM and reply.itemsize <= _SHM_ITEM else None
-        for r in busy:
+        # sample() stacked the round straight into the shared file (stage()): nothing to copy
+        staged = slots is not None and xs.is_contiguous() and xs.data_ptr() == slots.bufs[0].data_ptr()
+        if slots is not None and not staged and not unshared(slots.bufs[0]):
+            slots = None  # an earlier round's states, staged there, are still in use: not a byte of them may change
+        for r in busy:  # each worker is signalled as soon as its share is in place, before rank 0's forward
             lo, hi = parts[r]
-            if slots is not None:  # the states into rank r's slot; a header; an empty "done" back
-                slots.view(0, r, hi - lo, xs.dtype).copy_(xs[lo:hi])
-                sends.append((r, self._send_header(r, EVAL_SHM, hi - lo, *codes, steps=steps[lo:hi])))
+            if slots is not None:  # the states in rows lo..hi of the shared file; a header; an empty "done" back
+                if not staged:
+                    slots.rows(0, lo, hi - lo, xs.dtype).copy_(xs[lo:hi])
+                sends.append((r, self._send_header(r, EVAL_SHM, hi - lo, *codes, steps=steps[lo:hi], lo=lo)))
                 done = torch.empty(1, dtype=torch.long, device=self.comm)
                 recvs.append((r, dist.irecv(done, r)))
-                outs.append(slots.view(1, r, hi - lo, reply))
+                outs.append(slots.rows(1, lo, hi - lo, reply))
                 moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
                 continue
             sends.append((r, self._send_header(r, EVAL, hi - lo, *codes, steps=steps[lo:hi])))
@@ -796,6 +819,8 @@ class ProcessBackend:
         self.bytes_total += moved
         log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
                   "shared memory" if slots is not None else "sockets")
+        if slots is not None:  # the workers' rows are consecutive in the file: one piece
+            outs = [slots.rows(1, parts[1][0], b - parts[1][0], reply)]
         parts_v = [v0, *(o.to(v0.device) for o in outs)]
         if any(o.dtype != v0.dtype for o in parts_v):
             return torch.cat(parts_v)
