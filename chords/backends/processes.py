@@ -721,6 +721,16 @@ class ProcessBackend:
             header[_HEAD : _HEAD + len(steps)] = steps.cpu()
         return dist.isend(header.to(self.comm), rank)
 
+    def _round_headers(self, parts: list[tuple[int, int]], cmd: int, codes: tuple[int, int], steps: Tensor) -> Tensor:
+        """Every rank's EVAL header for this round, one row each, built in one tensor call."""
+        grid = [int(i) for i in steps.tolist()]
+        width = _HEAD + self.cap
+        rows = []
+        for lo, hi in parts:
+            row = [cmd, hi - lo, codes[0], codes[1], lo, *grid[lo:hi]]
+            rows.append(row + [0] * (width - len(row)))
+        return torch.tensor(rows, dtype=torch.long).to(self.comm)
+
     # ---------------------------------------------------------------- protocol
     def set_condition(self, cond: Mapping[str, Tensor]) -> None:
         self.cond = cond
@@ -786,18 +796,19 @@ class ProcessBackend:
         staged = slots is not None and xs.is_contiguous() and xs.data_ptr() == slots.bufs[0].data_ptr()
         if slots is not None and not staged and not unshared(slots.bufs[0]):
             slots = None  # an earlier round's states, staged there, are still in use: not a byte of them may change
+        headers = self._round_headers(parts, EVAL_SHM if slots is not None else EVAL, codes, steps)
         for r in busy:  # each worker is signalled as soon as its share is in place, before rank 0's forward
             lo, hi = parts[r]
             if slots is not None:  # the states in rows lo..hi of the shared file; a header; an empty "done" back
                 if not staged:
                     slots.rows(0, lo, hi - lo, xs.dtype).copy_(xs[lo:hi])
-                sends.append((r, self._send_header(r, EVAL_SHM, hi - lo, *codes, steps=steps[lo:hi], lo=lo)))
+                sends.append((r, dist.isend(headers[r], r)))
                 done = torch.empty(1, dtype=torch.long, device=self.comm)
                 recvs.append((r, dist.irecv(done, r)))
                 outs.append(slots.rows(1, lo, hi - lo, reply))
                 moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
                 continue
-            sends.append((r, self._send_header(r, EVAL, hi - lo, *codes, steps=steps[lo:hi])))
+            sends.append((r, dist.isend(headers[r], r)))
             state = xs[lo:hi].to(self.comm).contiguous()
             sends.append((r, dist.isend(state, r)))
             out = torch.empty((hi - lo, *xs.shape[1:]), dtype=reply, device=self.comm)
