@@ -719,7 +719,15 @@ class ProcessBackend:
         header[:_HEAD] = torch.tensor([cmd, n, state_code, reply_code, lo])
         if steps is not None:
             header[_HEAD : _HEAD + len(steps)] = steps.cpu()
-        return dist.isend(header.to(self.comm), rank)
+        return self._isend(header.to(self.comm), rank)
+
+    def _isend(self, tensor: Tensor, rank: int):
+        """``dist.isend``; a peer whose connection is gone (it died, or an earlier wait on it timed
+        out and gloo closed the pair) is a :class:`WorkerError` naming it, not a bare RuntimeError."""
+        try:
+            return dist.isend(tensor, rank)
+        except Exception as e:
+            raise WorkerError(f"{self._name(rank)} cannot be reached ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
 
     def _round_headers(self, parts: list[tuple[int, int]], cmd: int, codes: tuple[int, int], steps: Tensor) -> Tensor:
         """Every rank's EVAL header for this round, one row each, built in one tensor call."""
@@ -802,15 +810,15 @@ class ProcessBackend:
             if slots is not None:  # the states in rows lo..hi of the shared file; a header; an empty "done" back
                 if not staged:
                     slots.rows(0, lo, hi - lo, xs.dtype).copy_(xs[lo:hi])
-                sends.append((r, dist.isend(headers[r], r)))
+                sends.append((r, self._isend(headers[r], r)))
                 done = torch.empty(1, dtype=torch.long, device=self.comm)
                 recvs.append((r, dist.irecv(done, r)))
                 outs.append(slots.rows(1, lo, hi - lo, reply))
                 moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
                 continue
-            sends.append((r, dist.isend(headers[r], r)))
+            sends.append((r, self._isend(headers[r], r)))
             state = xs[lo:hi].to(self.comm).contiguous()
-            sends.append((r, dist.isend(state, r)))
+            sends.append((r, self._isend(state, r)))
             out = torch.empty((hi - lo, *xs.shape[1:]), dtype=reply, device=self.comm)
             recvs.append((r, dist.irecv(out, r)))
             outs.append(out)
