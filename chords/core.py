@@ -12,6 +12,12 @@ Conventions (DESIGN.md, "Core API"):
   round and ``B <= algorithm.num_cores``.
 * ``step(x, v, i, j)`` advances ``x`` from grid index ``i`` to ``j > i`` with the velocity ``v``
   evaluated at ``(x, i)``. Index 0 is pure noise, ``num_steps`` is data.
+* The stacked ``xs`` a velocity receives is valid for that call: :func:`sample` stacks the next
+  round into the same memory only if nothing refers to it any more (:mod:`chords.buffers`), so a
+  velocity may keep or return it without harm. An oracle may offer ``stage(b, shape, dtype)``
+  (an attribute of the callable, or of the object whose bound method it is) returning a
+  ``[b, *shape]`` tensor of its own to stack the round into, or None: the process backend's
+  shared memory, so rank 0 copies no state.
 """
 from __future__ import annotations
 

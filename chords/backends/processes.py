@@ -21,8 +21,9 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
 * ``COND`` (once per prompt): header ``[COND, 0, 0, 0, ...]`` then ``send_object_list([cond,
   shape, dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
 * ``EVAL`` (per round, only to ranks with a non-empty share): header ``[EVAL, n, state dtype,
-  reply dtype, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``; ``cap`` =
-  ceil(K / W), the largest share), then the ``[n, *S]`` states; the worker answers with their
+  reply dtype, first row, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``;
+  the first row is the share's index in the round; ``cap`` = ceil(K / W), the largest share),
+  then the ``[n, *S]`` states; the worker answers with their
   velocities in the reply dtype. Nothing else crosses per round. The state dtype travels every
   round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
   Wan start from float32 noise and step to bf16, and a round mixing both is stacked in float32,
@@ -33,11 +34,14 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
   share shows the guess wrong, asks the workers again: never a changed number, at most one
   extra round, and no extra wait otherwise.
 * ``EVAL_SHM`` (CPU ranks spawned on one host, gloo; the default there): the same header, but
-  the states are written into rank r's slot of a shared-memory file (:class:`SharedSlots`,
+  the round's states lie in a shared-memory file as one ``[b, *S]`` array (:class:`SharedSlots`,
   named in the COND message, which every worker then acknowledges; unlinked after the first
-  round) and the worker writes the
-  velocities into its velocity slot and answers with one 8-byte "done": no tensor crosses a
-  socket. float64 states or velocities (wider than a slot's 4 bytes) take the ``EVAL`` path.
+  round): :func:`chords.core.sample` stacks the round straight into it
+  (:meth:`ProcessBackend.stage`), or rank 0 copies each share there; the worker reads its rows,
+  writes its velocities into the same rows of the velocity file and answers with one 8-byte
+  "done": no tensor crosses a socket. Every worker is signalled before rank 0 runs its own
+  share's forward. float64 states or velocities (wider than 4 bytes) take the ``EVAL`` path,
+  and so does a round while a tensor from an earlier round still uses the state file.
 * ``REF``: header, then a pickled ``(x0, cond, step, num_steps)``; the worker samples that
   sequential reference alone and answers with its hits, rounds and wall times
   (:meth:`ProcessBackend.start_sequential`).
@@ -132,13 +136,15 @@ def share_cap(num_cores: int, world_size: int) -> int:
 
 
 class SharedSlots:
-    """One state slot and one velocity slot per rank in shared memory (two files under /dev/shm).
+    """A round's states and velocities in shared memory (two files under /dev/shm), each one
+    contiguous ``[b, *shape]`` array from the start of its file (rank r's share: its rows).
 
     Rank 0 creates them when it sends a prompt's conditioning and names them in that message;
     each worker maps them and acknowledges; only then does rank 0 write into them, and it
     unlinks the files after the first round that used them, so nothing is left on disk even if
     a process is killed later (only a rank 0 killed with SIGKILL between creating them and the
-    end of that round leaves the two files behind). A slot holds ``cap`` states of ``shape`` at up to ``_SHM_ITEM`` bytes each.
+    end of that round leaves the two files behind). Each file holds ``world_size * cap`` states of
+    ``shape`` at up to ``_SHM_ITEM`` bytes each.
     """
 
     def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, str] | None = None):
@@ -294,8 +300,8 @@ def _worker_main(
 def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None) -> None:
     """A worker rank's loop (process group joined): COND, EVAL and STOP from rank 0, until STOP.
 
-    EVAL header: ``[EVAL, n, state dtype, reply dtype, step_0 .. step_{cap-1}]`` (the grid
-    indices of this rank's ``n`` states), then the ``[n, *S]`` states; the reply is their
+    EVAL header: ``[EVAL, n, state dtype, reply dtype, first row, step_0 .. step_{cap-1}]`` (the
+    grid indices of this rank's ``n`` states), then the ``[n, *S]`` states; the reply is their
     ``[n, *S]`` velocities from one batched forward (micro-batches of ``max_batch``).
     """
     device = adapter.device
