@@ -238,7 +238,9 @@ class CHORDS:
             for c, vc in zip(cores, v.unbind(0)):
                 c.v = vc
                 if c.anchor_v is None and c.anchor_t == c.t:
-                    c.anchor_v = vc
+                    # kept for later rounds: a copy of this row, not a view that would keep the
+                    # whole round's velocities alive (and the backend from reusing their buffer)
+                    c.anchor_v = vc.clone()
             # The newest core has just been evaluated at its init point: its coarse jump spawns
             # the next core, or (last core) gives the coarse shot to data.
             newest = cores[-1]
@@ -259,7 +261,11 @@ class CHORDS:
                 if slower is not None and slower.t == c.anchor_t:
                     g_own = step(c.anchor_x, c.anchor_v, c.anchor_t, nxt)
                     g_slow = step(slower.x, slower.v, c.anchor_t, nxt)
-                    x_new = x_new - g_own + g_slow
+                    x_new = x_new - g_own
+                    if x_new.dtype == torch.promote_types(x_new.dtype, g_slow.dtype):
+                        x_new += g_slow  # our own temporary: the same sum, in place
+                    else:
+                        x_new = x_new + g_slow
                     new_states.append((nxt, x_new, True))
                 else:
                     new_states.append((nxt, x_new, False))

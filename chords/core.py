@@ -12,6 +12,12 @@ Conventions (DESIGN.md, "Core API"):
   round and ``B <= algorithm.num_cores``.
 * ``step(x, v, i, j)`` advances ``x`` from grid index ``i`` to ``j > i`` with the velocity ``v``
   evaluated at ``(x, i)``. Index 0 is pure noise, ``num_steps`` is data.
+* The stacked ``xs`` a velocity receives is valid for that call: :func:`sample` stacks the next
+  round into the same memory only if nothing refers to it any more (:mod:`chords.buffers`), so a
+  velocity may keep or return it without harm. An oracle may offer ``stage(b, shape, dtype)``
+  (an attribute of the callable, or of the object whose bound method it is) returning a
+  ``[b, *shape]`` tensor of its own to stack the round into, or None: the process backend's
+  shared memory, so rank 0 copies no state.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Generator, Protocol, Sequence
 
 import torch
+
+from chords.buffers import RoundBuffers
 
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -169,6 +177,8 @@ def sample(
             raise _Stopped
 
     gen = algorithm.solve(x0, step, num_steps, emit)
+    stacks = RoundBuffers(keep=1)
+    stage = _stager(velocity)
     try:
         request = next(gen)
         while True:
@@ -179,10 +189,13 @@ def sample(
                     f"{type(algorithm).__name__} asked for {batch} evaluations in one round; "
                     f"it has {algorithm.num_cores} core(s)"
                 )
-            v = velocity(torch.stack(list(xs)), torch.as_tensor(list(steps), dtype=torch.long))
+            stacked = _stack(list(xs), stacks, algorithm.num_cores, stage)
+            v = velocity(stacked, torch.as_tensor(list(steps), dtype=torch.long))
+            del stacked, xs, request  # nothing of this round's request is kept: its buffer is reusable
             rounds += 1
             nfe += batch
             request = gen.send(v)
+            del v
     except StopIteration:
         pass
     except _Stopped:
@@ -190,6 +203,33 @@ def sample(
     if not hits:
         raise RuntimeError(f"{type(algorithm).__name__} finished without producing an output")
     return SampleResult(hits=hits, output=hits[-1].x, rounds=rounds, nfe=nfe, stopped_at=len(hits) - 1)
+
+
+def _stager(velocity: Velocity) -> Callable[[int, tuple[int, ...], torch.dtype], Tensor | None] | None:
+    """The oracle's ``stage(b, shape, dtype)``, if it offers one (an attribute of the callable,
+    or of the object whose bound method it is): a ``[b, *shape]`` buffer of its own to stack
+    the round's states into, or None for this round (the process backend's shared memory)."""
+    stage = getattr(velocity, "stage", None)
+    if stage is None:
+        stage = getattr(getattr(velocity, "__self__", None), "stage", None)
+    return stage if callable(stage) else None
+
+
+def _stack(xs: list[Tensor], buffers: RoundBuffers, rows: int, stage=None) -> Tensor:
+    """``torch.stack(xs)``: into the oracle's staging buffer when it offers one, else into last
+    round's buffer when nothing uses it any more (on the CPU a fresh multi-MB tensor costs page
+    faults every round; :mod:`chords.buffers`). The values are those of ``torch.stack``."""
+    first = xs[0]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs) or any(x.shape != first.shape for x in xs):
+        return torch.stack(xs)  # autograd, or an error with torch's own message
+    dtype = first.dtype
+    for x in xs[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)
+    shape = tuple(first.shape)
+    out = stage(len(xs), shape, dtype) if stage is not None and first.device.type == "cpu" else None
+    if out is None or out.device != first.device:
+        out = buffers.get(len(xs), shape, dtype, first.device, rows)
+    return torch.stack(xs, out=out)
 
 
 # --------------------------------------------------------------------------- sequential

@@ -192,6 +192,8 @@ def sample_prompt(
         bar.update(1)
         return v
 
+    velocity.stage = getattr(backend, "stage", None)  # sample() stacks into the backend's shared memory
+
     def on_hit(hit: Hit) -> None:
         stamps.append(clock.elapsed())
         hit_nfe.append(evals[0])

@@ -54,6 +54,21 @@ def _compute_dtype(*ts: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
+def _same_bits_in_place(x: Tensor, v: Tensor, cd: torch.dtype) -> bool:
+    """Whether ``(x.to(cd) + dt * v).to(v.dtype)`` may be computed as ``(dt * v).add_(x)``.
+
+    Always for ``x`` and ``v`` of the compute dtype (the same addition, operands swapped). For
+    bf16 / float16 ``x`` and ``v`` on the CPU too: ATen adds two reduced-precision tensors in
+    float32 and rounds the float32 sum to the dtype once, which is what the upcast sum followed by
+    ``.to(v.dtype)`` does (checked bit for bit over every bf16 value, tests/test_step_parity.py);
+    it saves two full-size float32 temporaries per step (autograd is fine: ``dt * v`` does not
+    keep its output for the backward pass).
+    """
+    if x.dtype != v.dtype:
+        return False
+    return x.dtype == cd or (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16))
+
+
 def _check_indices(i: int, j: int, num_steps: int) -> None:
     if not 0 <= i < j <= num_steps:
         raise ValueError(f"step from grid index {i} to {j} is invalid: need 0 <= i < j <= {num_steps}")
@@ -109,10 +124,15 @@ class EulerStep:
         if self.precision == "model":
             g = self._grid(cd, x.device)
             dt = g[j] - g[i]  # a 0-d tensor, as the scheduler's sigma_next - sigma
+            if _same_bits_in_place(x, v, cd):
+                # the same operations without a float32 copy of x: p = dt * v, then p + x in place
+                out = dt * v
+                return out.add_(x)
             return (x.to(cd) + dt * v).to(v.dtype)
         dt = self.delta(i, j, cd)
         if x.dtype == cd and v.dtype == cd:
-            return x + dt * v
+            out = dt * v
+            return out.add_(x)
         return (x.to(cd) + dt * v.to(cd)).to(x.dtype)
 
     @property

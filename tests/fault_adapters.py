@@ -6,7 +6,7 @@ named ``chords-rank{R}`` (``fault_rank: all`` = every worker); rank 0 never faul
 
 KIND: ``die_load`` (exits while loading), ``fail_load`` (raises while loading),
 ``hang_load`` / ``slow_load`` (sleeps ``fault_s`` seconds while loading, default 3600 / 60),
-``hang_velocity`` (never answers a round). With ``fault_stamp: DIR`` the faulty worker writes
+``hang_velocity`` (never answers a round), ``die_velocity`` (exits in its first round). With ``fault_stamp: DIR`` the faulty worker writes
 ``DIR/rank{R}`` (the time) just before it misbehaves.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ class FaultyDigits(DigitsModel):
     def __init__(self, cfg: Mapping[str, Any], device: torch.device | str = "cpu", role: str = "full"):
         super().__init__(cfg, device, role)
         fault = cfg.get("fault")
-        if not self._faulty() or fault == "hang_velocity":
+        if not self._faulty() or fault in ("hang_velocity", "die_velocity"):
             return
         self._stamp()
         if fault == "die_load":
@@ -40,7 +40,11 @@ class FaultyDigits(DigitsModel):
         if self.role != "denoiser":
             return False
         target = self.cfg.get("fault_rank", 1)
-        return target == "all" or mp.current_process().name == f"chords-rank{target}"
+        if target == "all":
+            return True
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank started by torchrun: its global rank
+            return os.environ.get("RANK") == str(target)
+        return mp.current_process().name == f"chords-rank{target}"
 
     def _stamp(self) -> None:
         folder = self.cfg.get("fault_stamp")
@@ -52,4 +56,7 @@ class FaultyDigits(DigitsModel):
         if self.cfg.get("fault") == "hang_velocity" and self._faulty():
             self._stamp()
             time.sleep(3600)
+        if self.cfg.get("fault") == "die_velocity" and self._faulty():
+            self._stamp()
+            os._exit(5)
         return super().velocity(xs, steps, cond)

@@ -280,3 +280,48 @@ def test_signal_while_rank_0_waits_on_a_hung_worker_stops_in_seconds(tmp_path):
                   f"+model.fault_stamp={stamps}", "hardware.timeout_s=600")
     _interrupt(proc, lambda: (stamps / "rank2").exists(), "SIGTERM", "a worker hung in a round")
     assert not list((tmp_path / "out").rglob("*.tmp-*"))
+
+
+# --------------------------------------------------------------------------- under torchrun
+
+
+@pytest.mark.parametrize("fault,limit", [("hang_velocity", 3.0), ("die_velocity", 3.0)])
+def test_torchrun_rank_hung_or_killed_in_a_round_is_named_with_its_node_within_timeout(fault, limit):
+    """``torchrun --nproc-per-node 2``, gloo on CPU: rank 1 hangs in (or dies at) its first round.
+    Rank 0 reports a WorkerError naming rank 1 and its node within ``timeout_s`` (+ slack), not a
+    bare RuntimeError from the teardown that follows, and torchrun then leaves no process."""
+    port = socket_port()
+    env = cli_env()
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr",
+           "127.0.0.1", "--master-port", str(port), "tests/torchrun_fault.py", fault, str(limit)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in out.splitlines() if line.startswith("REPORTED after ")]
+    assert proc.returncode != 0 and lines, out + err
+    took = float(lines[0].removeprefix("REPORTED after ").split("s:", 1)[0])
+    print(f"{fault} under torchrun: reported {took:.2f}s after the first round began (timeout_s={limit:g})")
+    assert took < limit + 5, lines[0]
+    assert "worker rank 1 on node 0 did not answer" in lines[0], lines[0]
+    if fault == "hang_velocity":
+        assert took >= limit - 0.5, lines[0]  # the timeout, not something else, ended it
+    assert "[rank0]: Traceback" not in err, err  # rank 0 caught the WorkerError; nothing else was raised
+    try:  # torchrun ended its ranks: nothing of the session is left
+        seconds_until_gone([int(p) for p in subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True,
+                                                            text=True).stdout.split()], 20)
+    except ProcessLookupError:
+        pass
+
+
+def socket_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

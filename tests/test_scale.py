@@ -83,6 +83,39 @@ def test_k_cores_on_fewer_ranks_equal_local_bitwise(local_outputs, world, max_ba
         assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("chords-")}
 
 
+def test_rounds_are_stacked_straight_into_shared_memory_and_kept_states_never_change(local_outputs):
+    """sample() stacks each round into the backend's shared state file (ProcessBackend.stage),
+    so the backend copies nothing; an oracle that keeps its inputs sees them unchanged (the
+    file is then not offered again while they live), and every output is still bitwise local's."""
+    ad, enc, ref = local_outputs
+    algo = ALGOS["chords-k8"]
+    with ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, 2, timeout_s=60, num_cores=8) as backend:
+        backend.set_condition(enc.cond)
+        in_file = []
+
+        def plain(xs, steps):
+            slots = backend._slots
+            in_file.append((xs.shape[0], slots is not None and xs.data_ptr() == slots.bufs[0].data_ptr()))
+            return backend.velocity(xs, steps)
+
+        plain.stage = backend.stage
+        res = sample(algo, plain, enc.x0, enc.step, enc.num_steps)
+        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
+        # every round with a share for rank 1 (b >= 2), once the file exists (made in round 2)
+        assert all(staged for b, staged in in_file[2:] if b >= 2) and sum(s for _, s in in_file) >= res.rounds // 2
+        kept, copies = [], []
+
+        def keeping(xs, steps):
+            kept.append(xs)
+            copies.append(xs.clone())
+            return backend.velocity(xs, steps)
+
+        keeping.stage = backend.stage
+        res = sample(algo, keeping, enc.x0, enc.step, enc.num_steps)
+        assert all(torch.equal(a, b) for a, b in zip(kept, copies))
+        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
+
+
 @pytest.mark.parametrize("max_batch", [1, 3, None])
 def test_batched_with_max_batch_equals_local_bitwise(local_outputs, max_batch):
     ad, enc, ref = local_outputs

@@ -97,6 +97,27 @@ def test_euler_step_equals_flow_match_scheduler(state, vel):
         assert torch.equal(step(x, v, i, j), ref), (i, j)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_euler_step_in_place_equals_the_upcast_sum_for_every_value(dtype):
+    """EulerStep computes a same-dtype bf16 / float16 step as ``(dt * v).add_(x)`` (no float32
+    copy of x): bit for bit the scheduler's ``(x.float() + dt * v).to(v.dtype)`` for every
+    value of x (all 65536 bit patterns), as state and as velocity, at several dt and partners."""
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    if dtype == F16:
+        every = every.nan_to_num(nan=0.0)
+    step = EulerStep(torch.tensor([1.0, 0.98, 0.6137, 0.0]))
+    for partner in (1.0, -3.14159, 1e-3, 6e4, -2.5e-7, 0.0):
+        other = torch.full_like(every, partner)
+        for x, v in ((every, other), (other, every)):
+            for i, j in ((0, 1), (1, 2), (0, 3)):
+                dt = step.sigmas[j] - step.sigmas[i]
+                ref = (x.float() + dt * v).to(v.dtype)
+                out = step(x, v, i, j)
+                assert out.dtype == dtype
+                same = out.view(torch.int16) == ref.view(torch.int16)
+                assert bool((same | (out.isnan() & ref.isnan())).all()), (partner, i, j)
+
+
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
 @pytest.mark.parametrize("state", [BF16, F32, F16], ids=lambda d: str(d).removeprefix("torch."))
 def test_ddim_step_equals_cogvideox_scheduler(state, prediction_type):

@@ -21,8 +21,9 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
 * ``COND`` (once per prompt): header ``[COND, 0, 0, 0, ...]`` then ``send_object_list([cond,
   shape, dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
 * ``EVAL`` (per round, only to ranks with a non-empty share): header ``[EVAL, n, state dtype,
-  reply dtype, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``; ``cap`` =
-  ceil(K / W), the largest share), then the ``[n, *S]`` states; the worker answers with their
+  reply dtype, first row, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``;
+  the first row is the share's index in the round; ``cap`` = ceil(K / W), the largest share),
+  then the ``[n, *S]`` states; the worker answers with their
   velocities in the reply dtype. Nothing else crosses per round. The state dtype travels every
   round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
   Wan start from float32 noise and step to bf16, and a round mixing both is stacked in float32,
@@ -33,11 +34,14 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
   share shows the guess wrong, asks the workers again: never a changed number, at most one
   extra round, and no extra wait otherwise.
 * ``EVAL_SHM`` (CPU ranks spawned on one host, gloo; the default there): the same header, but
-  the states are written into rank r's slot of a shared-memory file (:class:`SharedSlots`,
+  the round's states lie in a shared-memory file as one ``[b, *S]`` array (:class:`SharedSlots`,
   named in the COND message, which every worker then acknowledges; unlinked after the first
-  round) and the worker writes the
-  velocities into its velocity slot and answers with one 8-byte "done": no tensor crosses a
-  socket. float64 states or velocities (wider than a slot's 4 bytes) take the ``EVAL`` path.
+  round): :func:`chords.core.sample` stacks the round straight into it
+  (:meth:`ProcessBackend.stage`), or rank 0 copies each share there; the worker reads its rows,
+  writes its velocities into the same rows of the velocity file and answers with one 8-byte
+  "done": no tensor crosses a socket. Every worker is signalled before rank 0 runs its own
+  share's forward. float64 states or velocities (wider than 4 bytes) take the ``EVAL`` path,
+  and so does a round while a tensor from an earlier round still uses the state file.
 * ``REF``: header, then a pickled ``(x0, cond, step, num_steps)``; the worker samples that
   sequential reference alone and answers with its hits, rounds and wall times
   (:meth:`ProcessBackend.start_sequential`).
@@ -79,6 +83,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from chords.backends.local import forward
+from chords.buffers import RoundBuffers, unshared
 from chords.models.base import Adapter, load_adapter_class
 
 Tensor = torch.Tensor
@@ -88,6 +93,8 @@ STOP, EVAL, COND, REF, EVAL_SHM = 0, 1, 2, 3, 4
 #: bytes per element of a shared-memory slot: float32, bfloat16 and float16 states and velocities
 #: travel through it; float64 ones over the socket
 _SHM_ITEM = 4
+#: EVAL header fields before the grid indices: command, share size, state dtype, reply dtype, first row
+_HEAD = 5
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
@@ -129,13 +136,15 @@ def share_cap(num_cores: int, world_size: int) -> int:
 
 
 class SharedSlots:
-    """One state slot and one velocity slot per rank in shared memory (two files under /dev/shm).
+    """A round's states and velocities in shared memory (two files under /dev/shm), each one
+    contiguous ``[b, *shape]`` array from the start of its file (rank r's share: its rows).
 
     Rank 0 creates them when it sends a prompt's conditioning and names them in that message;
     each worker maps them and acknowledges; only then does rank 0 write into them, and it
     unlinks the files after the first round that used them, so nothing is left on disk even if
     a process is killed later (only a rank 0 killed with SIGKILL between creating them and the
-    end of that round leaves the two files behind). A slot holds ``cap`` states of ``shape`` at up to ``_SHM_ITEM`` bytes each.
+    end of that round leaves the two files behind). Each file holds ``world_size * cap`` states of
+    ``shape`` at up to ``_SHM_ITEM`` bytes each.
     """
 
     def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, str] | None = None):
@@ -156,9 +165,11 @@ class SharedSlots:
         self.bufs = [torch.from_file(path, shared=True, size=world_size * self.slot, dtype=torch.uint8) for path in paths]
         self.linked = True
 
-    def view(self, which: int, rank: int, n: int, dtype: torch.dtype) -> Tensor:
-        """``[n, *shape]`` of ``dtype`` in rank ``rank``'s state (0) or velocity (1) slot."""
-        start = rank * self.slot
+    def rows(self, which: int, lo: int, n: int, dtype: torch.dtype) -> Tensor:
+        """Rows ``lo .. lo + n - 1`` of the round's ``[b, *shape]`` states (0) or velocities (1),
+        stored as one contiguous ``dtype`` array from the start of the file: rank r's share is
+        rows ``shares(b, W)[r]``, so rank 0 can stack a whole round straight into the file."""
+        start = lo * self.numel * dtype.itemsize
         return self.bufs[which][start : start + n * self.numel * dtype.itemsize].view(dtype).view(n, *self.shape)
 
     def unlink(self) -> None:
@@ -289,12 +300,12 @@ def _worker_main(
 def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None) -> None:
     """A worker rank's loop (process group joined): COND, EVAL and STOP from rank 0, until STOP.
 
-    EVAL header: ``[EVAL, n, state dtype, reply dtype, step_0 .. step_{cap-1}]`` (the grid
-    indices of this rank's ``n`` states), then the ``[n, *S]`` states; the reply is their
+    EVAL header: ``[EVAL, n, state dtype, reply dtype, first row, step_0 .. step_{cap-1}]`` (the
+    grid indices of this rank's ``n`` states), then the ``[n, *S]`` states; the reply is their
     ``[n, *S]`` velocities from one batched forward (micro-batches of ``max_batch``).
     """
     device = adapter.device
-    header = torch.zeros(4 + cap, dtype=torch.long, device=comm)
+    header = torch.zeros(_HEAD + cap, dtype=torch.long, device=comm)
     cond: Mapping[str, Tensor] = {}
     shape: tuple[int, ...] | None = None
     buffers: dict[tuple[torch.dtype, int], Tensor] = {}  # one receive buffer per (state dtype, share)
@@ -323,16 +334,16 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
             state_dtype, reply_dtype = WIRE_DTYPES[int(header[2])], WIRE_DTYPES[int(header[3])]
             if cmd == EVAL_SHM:  # states and velocities in this rank's shared slots; only a signal on the socket
                 assert slots is not None, "EVAL_SHM without shared slots"
-                rank = dist.get_rank()
-                v = forward(adapter, slots.view(0, rank, n, state_dtype).to(device), header[4 : 4 + n].to(device), cond, max_batch)
-                slots.view(1, rank, n, reply_dtype).copy_(v)
+                lo = int(header[4])
+                v = forward(adapter, slots.rows(0, lo, n, state_dtype).to(device), header[_HEAD : _HEAD + n].to(device), cond, max_batch)
+                slots.rows(1, lo, n, reply_dtype).copy_(v)
                 dist.send(done, 0)
                 continue
             x = buffers.get((state_dtype, n))
             if x is None:
                 x = buffers[(state_dtype, n)] = torch.empty((n, *shape), dtype=state_dtype, device=comm)
             dist.recv(x, 0)
-            v = forward(adapter, x.to(device), header[4 : 4 + n].to(device), cond, max_batch)
+            v = forward(adapter, x.to(device), header[_HEAD : _HEAD + n].to(device), cond, max_batch)
             dist.send(v.to(comm, reply_dtype).contiguous(), 0)
 
 
@@ -425,7 +436,7 @@ def release_torchrun_ranks(dist_backend: str, num_cores: int, timeout_s: float) 
                             timeout=timedelta(seconds=timeout_s))
     try:
         device = torch.device("cpu") if dist_backend == "gloo" else torch.device(f"cuda:{env['local_rank']}")
-        header = torch.zeros(4 + share_cap(num_cores, env["world_size"]), dtype=torch.long, device=device)
+        header = torch.zeros(_HEAD + share_cap(num_cores, env["world_size"]), dtype=torch.long, device=device)
         for rank in range(1, env["world_size"]):
             dist.send(header, rank)  # STOP == 0
     finally:
@@ -558,6 +569,7 @@ class ProcessBackend:
         # one host, CPU ranks: states and velocities through shared memory, only headers over gloo
         self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu"
         self._slots: SharedSlots | None = None
+        self._replies = RoundBuffers(keep=2)  # each round's gathered velocities (chords.buffers)
         self.bytes_per_round = 0
         self.bytes_total = 0
         self.timeout = timedelta(seconds=timeout_s)
@@ -707,12 +719,31 @@ class ProcessBackend:
         if ok is False:
             raise WorkerError(f"{self._name(rank)} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
 
-    def _send_header(self, rank: int, cmd: int, n: int = 0, state_code: int = 0, reply_code: int = 0, steps: Tensor | None = None):
-        header = torch.zeros(4 + self.cap, dtype=torch.long)
-        header[:4] = torch.tensor([cmd, n, state_code, reply_code])
+    def _send_header(self, rank: int, cmd: int, n: int = 0, state_code: int = 0, reply_code: int = 0,
+                     steps: Tensor | None = None, lo: int = 0):
+        header = torch.zeros(_HEAD + self.cap, dtype=torch.long)
+        header[:_HEAD] = torch.tensor([cmd, n, state_code, reply_code, lo])
         if steps is not None:
-            header[4 : 4 + len(steps)] = steps.cpu()
-        return dist.isend(header.to(self.comm), rank)
+            header[_HEAD : _HEAD + len(steps)] = steps.cpu()
+        return self._isend(header.to(self.comm), rank)
+
+    def _isend(self, tensor: Tensor, rank: int):
+        """``dist.isend``; a peer whose connection is gone (it died, or an earlier wait on it timed
+        out and gloo closed the pair) is a :class:`WorkerError` naming it, not a bare RuntimeError."""
+        try:
+            return dist.isend(tensor, rank)
+        except Exception as e:
+            raise WorkerError(f"{self._name(rank)} cannot be reached ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
+
+    def _round_headers(self, parts: list[tuple[int, int]], cmd: int, codes: tuple[int, int], steps: Tensor) -> Tensor:
+        """Every rank's EVAL header for this round, one row each, built in one tensor call."""
+        grid = [int(i) for i in steps.tolist()]
+        width = _HEAD + self.cap
+        rows = []
+        for lo, hi in parts:
+            row = [cmd, hi - lo, codes[0], codes[1], lo, *grid[lo:hi]]
+            rows.append(row + [0] * (width - len(row)))
+        return torch.tensor(rows, dtype=torch.long).to(self.comm)
 
     # ---------------------------------------------------------------- protocol
     def set_condition(self, cond: Mapping[str, Tensor]) -> None:
@@ -745,6 +776,19 @@ class ProcessBackend:
                 self._wait(work, rank, what="map the shared memory")
         self._shape = shape
 
+    def stage(self, b: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
+        """Where :func:`chords.core.sample` may stack a round of ``b`` states: rows ``0 .. b-1``
+        of the shared state file, so that :meth:`velocity` copies nothing (its workers read their
+        rows there). None when that would not help or not be safe: no shared memory (yet) for this
+        shape, a dtype wider than a slot, a round rank 0 evaluates alone, or a tensor still using
+        the file (the previous round's states, kept by someone: they must not change)."""
+        slots = self._slots
+        if slots is None or self._shape != tuple(shape) or dtype.itemsize > _SHM_ITEM or not 1 <= b <= self.world_size * self.cap:
+            return None
+        if all(hi == lo for lo, hi in shares(b, self.world_size)[1:]) or not unshared(slots.bufs[0]):
+            return None
+        return slots.rows(0, 0, b, dtype)
+
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor) -> Tensor:
         b = xs.shape[0]
@@ -762,19 +806,25 @@ class ProcessBackend:
         sends, recvs, outs = [], [], []
         moved = 0
         slots = self._slots if xs.dtype.itemsize <= _SHM_ITEM and reply.itemsize <= _SHM_ITEM else None
-        for r in busy:
+        # sample() stacked the round straight into the shared file (stage()): nothing to copy
+        staged = slots is not None and xs.is_contiguous() and xs.data_ptr() == slots.bufs[0].data_ptr()
+        if slots is not None and not staged and not unshared(slots.bufs[0]):
+            slots = None  # an earlier round's states, staged there, are still in use: not a byte of them may change
+        headers = self._round_headers(parts, EVAL_SHM if slots is not None else EVAL, codes, steps)
+        for r in busy:  # each worker is signalled as soon as its share is in place, before rank 0's forward
             lo, hi = parts[r]
-            if slots is not None:  # the states into rank r's slot; a header; an empty "done" back
-                slots.view(0, r, hi - lo, xs.dtype).copy_(xs[lo:hi])
-                sends.append((r, self._send_header(r, EVAL_SHM, hi - lo, *codes, steps=steps[lo:hi])))
+            if slots is not None:  # the states in rows lo..hi of the shared file; a header; an empty "done" back
+                if not staged:
+                    slots.rows(0, lo, hi - lo, xs.dtype).copy_(xs[lo:hi])
+                sends.append((r, self._isend(headers[r], r)))
                 done = torch.empty(1, dtype=torch.long, device=self.comm)
                 recvs.append((r, dist.irecv(done, r)))
-                outs.append(slots.view(1, r, hi - lo, reply))
+                outs.append(slots.rows(1, lo, hi - lo, reply))
                 moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
                 continue
-            sends.append((r, self._send_header(r, EVAL, hi - lo, *codes, steps=steps[lo:hi])))
+            sends.append((r, self._isend(headers[r], r)))
             state = xs[lo:hi].to(self.comm).contiguous()
-            sends.append((r, dist.isend(state, r)))
+            sends.append((r, self._isend(state, r)))
             out = torch.empty((hi - lo, *xs.shape[1:]), dtype=reply, device=self.comm)
             recvs.append((r, dist.irecv(out, r)))
             outs.append(out)
@@ -794,7 +844,14 @@ class ProcessBackend:
         self.bytes_total += moved
         log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
                   "shared memory" if slots is not None else "sockets")
-        return torch.cat([v0, *(o.to(v0.device) for o in outs)])
+        if slots is not None:  # the workers' rows are consecutive in the file: one piece
+            outs = [slots.rows(1, parts[1][0], b - parts[1][0], reply)]
+        parts_v = [v0, *(o.to(v0.device) for o in outs)]
+        if any(o.dtype != v0.dtype for o in parts_v):
+            return torch.cat(parts_v)
+        # into a buffer reused from an earlier round when nothing refers to it any more
+        out = self._replies.get(b, tuple(v0.shape[1:]), v0.dtype, v0.device, self.world_size * self.cap)
+        return torch.cat(parts_v, out=out)
 
     # ---------------------------------------------------------------- references on every rank
     def start_sequential(self, rank: int, x0: Tensor, cond: Mapping[str, Tensor], step: Any, num_steps: int) -> None:
