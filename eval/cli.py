@@ -523,7 +523,7 @@ def run_eval(cfg: dict) -> EvalResult:
             if by_dimension is not None:
                 _report_samples_per_prompt(df, problems)
         cache.save()
-        emb = score_embedded(runs_needed, problems)  # model=digits / moving-digits: the digit classifier
+        emb = score_embedded(runs_scored, problems)  # model=digits / moving-digits: the digit classifier, per chosen hit
         for c in emb.columns:
             df[c] = [emb.values.get(Path(p), {}).get(c, math.nan) for p in df["run"]]
         quality_cols += emb.columns

@@ -74,7 +74,8 @@ def _flag(ok: bool | None) -> float:
 
 
 def score_runs(runs: Iterable[Run], problems: Problems, classifier_file: str | Path | None = None) -> EmbeddedScores:
-    """Per-run values and features of every embedded run (others are skipped)."""
+    """Per-run values and features of every embedded run (others are skipped), keyed by ``Run.key``:
+    a what-if view (eval/whatif.py) is scored on the latent of the hit its stop rule chose."""
     from chords.digitnet import CLASSIFIER_FILE, load_classifier, score_sample
     from chords.weights import REBUILD, WeightsError
 
@@ -89,7 +90,7 @@ def score_runs(runs: Iterable[Run], problems: Problems, classifier_file: str | P
         return out
     for r in todo:
         try:
-            x = r.load_latent("output")
+            x = r.load_latent(r.output_latent)  # a what-if view: the chosen hit's latent
         except RunError as e:
             problems.report(f"embedded quality left out: {e}")
             continue
@@ -100,9 +101,9 @@ def score_runs(runs: Iterable[Run], problems: Problems, classifier_file: str | P
         if r.media == "video":
             v["frame_consistency"] = s.consistency
             v["direction_accuracy"] = _flag(s.direction_correct)
-        out.values[r.path] = v
+        out.values[r.key] = v
         if s.features is not None:
-            out.features[r.path] = (s.features.double().numpy(), s.target)
+            out.features[r.key] = (s.features.double().numpy(), s.target)
     log.info("embedded quality: %d run(s) scored with the digit classifier", len(out.values))
     return out
 

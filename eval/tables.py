@@ -187,7 +187,8 @@ def main_table(
     numeric = pd.DataFrame(rows_num, index=idx)
     disp_cols = pd.MultiIndex.from_tuples([(f"Num Core = {k}", mt) for k in ks for mt in metrics])
     display = pd.DataFrame(rows_disp, index=idx, columns=disp_cols)
-    what = "video diffusion models (VBench Quality)" if media == "video" else "image diffusion models (CLIP Score)"
+    quality = [LABELS.get(m, (m,))[0] for m in metrics if m not in ("time", "speedup", "nfe", "latent_rmse", "n")]
+    what = f"{media} diffusion models ({', '.join(quality) or 'no quality metric'})"
     caption = f"Parallel diffusion solvers on {what}; N per model: " + ", ".join(
         f"{m}={n}" for m, n in sorted(steps.items()) if m in set(s["model"])
     )
