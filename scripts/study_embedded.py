@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="delete --runs first (otherwise complete run folders are reused)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    say = _say
     try:
         if a.threads < 1:
             raise Fail(f"--threads {a.threads} is invalid: it must be >= 1")
@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             S = importlib.util.module_from_spec(spec)
             sys.modules["search_init"] = S
             spec.loader.exec_module(S)
-            prompts = [f"a handwritten digit {d}" for d in range(st.classes)]
+            prompts = prompts_for("image", st.classes)
             half = max(1, st.seeds // 2)
             for m in present:
                 if media_of[m] != "image":

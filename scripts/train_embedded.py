@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chords.digitnet import (  # noqa: E402
+    CLASSIFIER_FILE,
     CLIP_BOX,
     DigitClassifier,
     augment_params,
@@ -63,11 +64,13 @@ from chords.digitnet import (  # noqa: E402
     render,
     render_clips,
 )
+from chords.models.embedded import DigitsDiT, MovingDigitsDiT  # noqa: E402
 from chords.models.nets import DiT, DiTConfig, load_dit, param_count  # noqa: E402
 from chords.weights import WEIGHTS_DIR, save_checkpoint  # noqa: E402
 
 PARTS = ("classifier", "digits", "moving-digits")
-FILES = {"classifier": "digit_classifier.safetensors", "digits": "digits.safetensors", "moving-digits": "moving_digits.safetensors"}
+#: the files each part writes: the names the classifier loader and the adapters read
+FILES = {"classifier": CLASSIFIER_FILE.name, "digits": DigitsDiT.weights_file, "moving-digits": MovingDigitsDiT.weights_file}
 
 
 @dataclass(frozen=True)
