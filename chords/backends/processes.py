@@ -719,12 +719,11 @@ class ProcessBackend:
         if ok is False:
             raise WorkerError(f"{self._name(rank)} did not {what} within {(timeout or self.timeout).total_seconds():g}s ({self._describe(rank)})")
 
-    def _send_header(self, rank: int, cmd: int, n: int = 0, state_code: int = 0, reply_code: int = 0,
-                     steps: Tensor | None = None, lo: int = 0):
+    def _send_header(self, rank: int, cmd: int):
+        """A command without a round (COND, REF, STOP): the header with every other field 0
+        (rounds' EVAL headers come from :meth:`_round_headers`)."""
         header = torch.zeros(_HEAD + self.cap, dtype=torch.long)
-        header[:_HEAD] = torch.tensor([cmd, n, state_code, reply_code, lo])
-        if steps is not None:
-            header[_HEAD : _HEAD + len(steps)] = steps.cpu()
+        header[0] = cmd
         return self._isend(header.to(self.comm), rank)
 
     def _isend(self, tensor: Tensor, rank: int):
