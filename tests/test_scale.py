@@ -116,6 +116,83 @@ def test_rounds_are_stacked_straight_into_shared_memory_and_kept_states_never_ch
         assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
 
 
+def test_velocities_are_returned_where_they_lie_and_kept_ones_never_change(local_outputs):
+    """The process backend returns each round's velocities as they lie in a shared velocity area
+    (rank 0's share copied in beside the workers'), the two areas taking turns: a caller that
+    keeps every velocity sees none of them change, and the outputs are bitwise local's."""
+    ad, enc, ref = local_outputs
+    algo = ALGOS["chords-k8"]
+    with ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, 2, timeout_s=60, num_cores=8) as backend:
+        backend.set_condition(enc.cond)
+        in_area = []
+
+        def plain(xs, steps):
+            v = backend.velocity(xs, steps)
+            slots = backend._slots
+            in_area.append(xs.shape[0] >= 2 and slots is not None
+                           and v.data_ptr() in (slots.bufs[1].data_ptr(), slots.bufs[2].data_ptr()))
+            return v
+
+        plain.stage = backend.stage
+        res = sample(algo, plain, enc.x0, enc.step, enc.num_steps)
+        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
+        assert sum(in_area) >= res.rounds // 2  # every round with a share for rank 1, once the files exist
+        kept, copies = [], []
+
+        def keeping(xs, steps):
+            v = backend.velocity(xs, steps)
+            kept.append(v)
+            copies.append(v.clone())
+            return v
+
+        keeping.stage = backend.stage
+        res = sample(algo, keeping, enc.x0, enc.step, enc.num_steps)
+        assert all(torch.equal(a, b) for a, b in zip(kept, copies))
+        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
+
+
+def test_no_room_in_shared_memory_falls_back_to_sockets(local_outputs, monkeypatch, caplog):
+    """A /dev/shm too small for the slots (Docker's default is 64 MB) is found when rank 0
+    reserves them: the rounds cross the sockets, with one warning, and nothing is left behind."""
+    import errno
+
+    from chords.backends import processes
+
+    def no_room(paths, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(processes, "_reserve", no_room)
+    ad, enc, ref = local_outputs
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    with caplog.at_level("WARNING", logger="chords.backends.processes"):
+        backend = ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, 2, timeout_s=60, num_cores=8)
+        with backend:
+            backend.set_condition(enc.cond)
+            res = sample(ALGOS["chords-k8"], backend.velocity, enc.x0, enc.step, enc.num_steps)
+            assert backend._slots is None and backend.bytes_total > 0
+    assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
+    assert any("no room in shared memory" in r.getMessage() for r in caplog.records)
+    if os.path.isdir("/dev/shm"):
+        assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("chords-")}
+
+
+def test_reserving_shared_memory_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+    from chords.backends import processes
+
+    calls = []
+
+    def fallocate(fd, offset, size):
+        calls.append(size)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate, raising=False)
+    paths = tuple(str(tmp_path / name) for name in ("a", "b", "c"))
+    with pytest.raises(OSError, match="No space"):
+        processes._reserve(paths, 1 << 20)
+    assert not list(tmp_path.iterdir()) and calls == [1 << 20, 1 << 20]
+
+
 @pytest.mark.parametrize("max_batch", [1, 3, None])
 def test_batched_with_max_batch_equals_local_bitwise(local_outputs, max_batch):
     ad, enc, ref = local_outputs

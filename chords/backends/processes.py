@@ -21,8 +21,9 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
 * ``COND`` (once per prompt): header ``[COND, 0, 0, 0, ...]`` then ``send_object_list([cond,
   shape, dtype])``; ``cond`` travels on the CPU and each worker moves it to its device.
 * ``EVAL`` (per round, only to ranks with a non-empty share): header ``[EVAL, n, state dtype,
-  reply dtype, first row, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``;
-  the first row is the share's index in the round; ``cap`` = ceil(K / W), the largest share),
+  reply dtype, first row, area, step_0 .. step_{cap-1}]`` (dtypes as indices into ``WIRE_DTYPES``;
+  the first row is the share's index in the round; the area is 0 here, see ``EVAL_SHM``;
+  ``cap`` = ceil(K / W), the largest share),
   then the ``[n, *S]`` states; the worker answers with their
   velocities in the reply dtype. Nothing else crosses per round. The state dtype travels every
   round because it can change within a prompt (with ``step_precision: model`` HunyuanVideo and
@@ -38,10 +39,12 @@ Protocol (point-to-point, rank 0 <-> rank r; messages between a pair arrive in o
   named in the COND message, which every worker then acknowledges; unlinked after the first
   round): :func:`chords.core.sample` stacks the round straight into it
   (:meth:`ProcessBackend.stage`), or rank 0 copies each share there; the worker reads its rows,
-  writes its velocities into the same rows of the velocity file and answers with one 8-byte
-  "done": no tensor crosses a socket. Every worker is signalled before rank 0 runs its own
-  share's forward. float64 states or velocities (wider than 4 bytes) take the ``EVAL`` path,
-  and so does a round while a tensor from an earlier round still uses the state file.
+  writes its velocities into the same rows of the velocity area the header names (1 or 2: the
+  two velocity files take turns, so the velocities rank 0 returns, where they lie, are never
+  overwritten while in use) and answers with one 8-byte "done": no tensor crosses a socket.
+  Every worker is signalled before rank 0 runs its own share's forward. float64 states or velocities (wider than 4 bytes) take the ``EVAL`` path,
+  and so does a round while a tensor from an earlier round still uses the state file, or both
+  velocity areas.
 * ``REF``: header, then a pickled ``(x0, cond, step, num_steps)``; the worker samples that
   sequential reference alone and answers with its hits, rounds and wall times
   (:meth:`ProcessBackend.start_sequential`).
@@ -93,8 +96,9 @@ STOP, EVAL, COND, REF, EVAL_SHM = 0, 1, 2, 3, 4
 #: bytes per element of a shared-memory slot: float32, bfloat16 and float16 states and velocities
 #: travel through it; float64 ones over the socket
 _SHM_ITEM = 4
-#: EVAL header fields before the grid indices: command, share size, state dtype, reply dtype, first row
-_HEAD = 5
+#: EVAL header fields before the grid indices: command, share size, state dtype, reply dtype, first
+#: row, velocity area (EVAL_SHM: which of the two shared velocity files takes the replies)
+_HEAD = 6
 #: dtypes a state or a velocity may have on the wire; an EVAL header names them by index
 WIRE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _IDLE_TIMEOUT = timedelta(days=7)  # workers wait this long for rank 0 between prompts
@@ -136,18 +140,28 @@ def share_cap(num_cores: int, world_size: int) -> int:
 
 
 class SharedSlots:
-    """A round's states and velocities in shared memory (two files under /dev/shm), each one
-    contiguous ``[b, *shape]`` array from the start of its file (rank r's share: its rows).
+    """A round's states and velocities in shared memory (three files under /dev/shm: the states,
+    and two velocity areas used in turn), each one contiguous ``[b, *shape]`` array from the
+    start of its file (rank r's share: its rows).
+
+    The velocities of a round are returned to the algorithm as they lie in their area, rank 0's
+    share copied in beside the workers' (no gather): the next round takes the other area, or
+    this one again once nothing refers to it (:func:`chords.buffers.unshared`), so a velocity an
+    algorithm keeps never changes.
 
     Rank 0 creates them when it sends a prompt's conditioning and names them in that message;
     each worker maps them and acknowledges; only then does rank 0 write into them, and it
     unlinks the files after the first round that used them, so nothing is left on disk even if
     a process is killed later (only a rank 0 killed with SIGKILL between creating them and the
-    end of that round leaves the two files behind). Each file holds ``world_size * cap`` states of
-    ``shape`` at up to ``_SHM_ITEM`` bytes each.
+    end of that round leaves the files behind). Each file holds ``world_size * cap`` states of
+    ``shape`` at up to ``_SHM_ITEM`` bytes each. Rank 0 reserves the files' pages when it creates
+    them (``posix_fallocate``), so a /dev/shm too small for them (Docker's default is 64 MB) is an
+    ``OSError`` there, and the prompt's rounds cross the sockets instead, not a SIGBUS later.
     """
 
-    def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, str] | None = None):
+    FILES = ("states", "velocities-a", "velocities-b")
+
+    def __init__(self, world_size: int, cap: int, shape: tuple[int, ...], paths: tuple[str, ...] | None = None):
         self.shape = tuple(shape)
         self.numel = 1
         for d in self.shape:
@@ -156,17 +170,25 @@ class SharedSlots:
         if paths is None:
             root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             tag = f"chords-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            paths = (os.path.join(root, f"{tag}-states"), os.path.join(root, f"{tag}-velocities"))
+            paths = tuple(os.path.join(root, f"{tag}-{name}") for name in self.FILES)
+            _reserve(paths, world_size * self.slot)
         else:  # a worker maps rank 0's files; it never creates one (that would be a file nobody unlinks)
             for path in paths:
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"shared-memory file {path} is gone")
-        self.paths = paths
+        self.paths = tuple(paths)
         self.bufs = [torch.from_file(path, shared=True, size=world_size * self.slot, dtype=torch.uint8) for path in paths]
         self.linked = True
 
+    def free_area(self) -> int | None:
+        """A velocity area (1 or 2) that nothing refers to any more, or None."""
+        for which in (1, 2):
+            if unshared(self.bufs[which]):
+                return which
+        return None
+
     def rows(self, which: int, lo: int, n: int, dtype: torch.dtype) -> Tensor:
-        """Rows ``lo .. lo + n - 1`` of the round's ``[b, *shape]`` states (0) or velocities (1),
+        """Rows ``lo .. lo + n - 1`` of the round's ``[b, *shape]`` states (0) or velocities (1, 2),
         stored as one contiguous ``dtype`` array from the start of the file: rank r's share is
         rows ``shares(b, W)[r]``, so rank 0 can stack a whole round straight into the file."""
         start = lo * self.numel * dtype.itemsize
@@ -181,6 +203,30 @@ class SharedSlots:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _reserve(paths: tuple[str, ...], size: int) -> None:
+    """Create the files of ``size`` bytes with their pages allocated (``posix_fallocate``), or
+    remove what was made and raise ``OSError`` (no space: a small /dev/shm)."""
+    made = []
+    try:
+        for path in paths:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            made.append(path)
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, size)
+                else:
+                    os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+    except OSError:
+        for path in made:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        raise
 
 
 def torchrun_env() -> dict[str, Any] | None:
@@ -300,7 +346,7 @@ def _worker_main(
 def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None) -> None:
     """A worker rank's loop (process group joined): COND, EVAL and STOP from rank 0, until STOP.
 
-    EVAL header: ``[EVAL, n, state dtype, reply dtype, first row, step_0 .. step_{cap-1}]`` (the
+    EVAL header: ``[EVAL, n, state dtype, reply dtype, first row, area, step_0 .. step_{cap-1}]`` (the
     grid indices of this rank's ``n`` states), then the ``[n, *S]`` states; the reply is their
     ``[n, *S]`` velocities from one batched forward (micro-batches of ``max_batch``).
     """
@@ -336,7 +382,7 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None)
                 assert slots is not None, "EVAL_SHM without shared slots"
                 lo = int(header[4])
                 v = forward(adapter, slots.rows(0, lo, n, state_dtype).to(device), header[_HEAD : _HEAD + n].to(device), cond, max_batch)
-                slots.rows(1, lo, n, reply_dtype).copy_(v)
+                slots.rows(int(header[5]), lo, n, reply_dtype).copy_(v)
                 dist.send(done, 0)
                 continue
             x = buffers.get((state_dtype, n))
@@ -734,13 +780,13 @@ class ProcessBackend:
         except Exception as e:
             raise WorkerError(f"{self._name(rank)} cannot be reached ({self._describe(rank)}): {str(e).splitlines()[0]}") from None
 
-    def _round_headers(self, parts: list[tuple[int, int]], cmd: int, codes: tuple[int, int], steps: Tensor) -> Tensor:
+    def _round_headers(self, parts: list[tuple[int, int]], cmd: int, codes: tuple[int, int], area: int, steps: Tensor) -> Tensor:
         """Every rank's EVAL header for this round, one row each, built in one tensor call."""
         grid = [int(i) for i in steps.tolist()]
         width = _HEAD + self.cap
         rows = []
         for lo, hi in parts:
-            row = [cmd, hi - lo, codes[0], codes[1], lo, *grid[lo:hi]]
+            row = [cmd, hi - lo, codes[0], codes[1], lo, area, *grid[lo:hi]]
             rows.append(row + [0] * (width - len(row)))
         return torch.tensor(rows, dtype=torch.long).to(self.comm)
 
@@ -758,7 +804,11 @@ class ProcessBackend:
             self._slots.unlink()
             self._slots = None
         if self.shared_memory:
-            self._slots = SharedSlots(self.world_size, self.cap, shape)
+            try:
+                self._slots = SharedSlots(self.world_size, self.cap, shape)
+            except OSError as e:
+                log.warning("no room in shared memory for the rounds of a %s latent (%s): this prompt's states and "
+                            "velocities cross the sockets", "x".join(map(str, shape)), e)
         paths = list(self._slots.paths) if self._slots is not None else None
         for rank in range(1, self.world_size):
             self._wait(self._send_header(rank, COND), rank)
@@ -809,7 +859,10 @@ class ProcessBackend:
         staged = slots is not None and xs.is_contiguous() and xs.data_ptr() == slots.bufs[0].data_ptr()
         if slots is not None and not staged and not unshared(slots.bufs[0]):
             slots = None  # an earlier round's states, staged there, are still in use: not a byte of them may change
-        headers = self._round_headers(parts, EVAL_SHM if slots is not None else EVAL, codes, steps)
+        area = slots.free_area() if slots is not None else None
+        if area is None:
+            slots = None  # both velocity areas still hold velocities someone keeps: they must not change either
+        headers = self._round_headers(parts, EVAL_SHM if slots is not None else EVAL, codes, area or 0, steps)
         for r in busy:  # each worker is signalled as soon as its share is in place, before rank 0's forward
             lo, hi = parts[r]
             if slots is not None:  # the states in rows lo..hi of the shared file; a header; an empty "done" back
@@ -818,7 +871,7 @@ class ProcessBackend:
                 sends.append((r, self._isend(headers[r], r)))
                 done = torch.empty(1, dtype=torch.long, device=self.comm)
                 recvs.append((r, dist.irecv(done, r)))
-                outs.append(slots.rows(1, lo, hi - lo, reply))
+                outs.append(slots.rows(area, lo, hi - lo, reply))
                 moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
                 continue
             sends.append((r, self._isend(headers[r], r)))
@@ -843,8 +896,12 @@ class ProcessBackend:
         self.bytes_total += moved
         log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
                   "shared memory" if slots is not None else "sockets")
+        if slots is not None and v0.device.type == "cpu":
+            # every rank's rows side by side in the velocity area: rank 0's copied in, returned as they lie
+            slots.rows(area, 0, len(v0), reply).copy_(v0)
+            return slots.rows(area, 0, b, reply)
         if slots is not None:  # the workers' rows are consecutive in the file: one piece
-            outs = [slots.rows(1, parts[1][0], b - parts[1][0], reply)]
+            outs = [slots.rows(area, parts[1][0], b - parts[1][0], reply)]
         parts_v = [v0, *(o.to(v0.device) for o in outs)]
         if any(o.dtype != v0.dtype for o in parts_v):
             return torch.cat(parts_v)
