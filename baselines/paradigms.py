@@ -126,7 +126,8 @@ class ParaDIGMS:
     @staticmethod
     def _worst_change(new: Tensor, old: Tensor) -> float:
         """The largest per-sample mean squared change (samples along the first dimension)."""
-        sq = (new.double() - old.double()).pow(2)
+        # new.double() - old.double(), squared: the same float64 values, in two passes over one tensor
+        sq = new.to(torch.float64, copy=True).sub_(old).pow_(2)
         if sq.ndim <= 1:
             return sq.mean().item()
         return sq.flatten(1).mean(1).max().item()
@@ -145,8 +146,11 @@ class ParaDIGMS:
             drift: Tensor | None = None
             new: list[Tensor] = []
             for offset, i in enumerate(range(b, e)):
-                d = (step(buf[i], v[offset], i, i + 1) - buf[i]).to(acc)
-                drift = d if drift is None else drift + d
+                nxt = step(buf[i], v[offset], i, i + 1)
+                # (nxt - buf[i]).to(acc): the difference rounded to the states' dtype, then widened
+                d = torch.sub(nxt, buf[i], out=torch.empty(nxt.shape, dtype=acc, device=nxt.device)) \
+                    if nxt.dtype == buf[i].dtype and acc != nxt.dtype else (nxt - buf[i]).to(acc)
+                drift = d if drift is None else drift.add_(d)
                 new.append(anchor + drift.to(anchor.dtype))
             # leading positions b+1, b+2, ... whose every sample is within tolerance
             accepted = 0
