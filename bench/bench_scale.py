@@ -8,7 +8,12 @@ latents Flux-size 1x4096x64 bf16 and HunyuanVideo-size 1x16x33x68x120 bf16:
 
 * ``eff`` = wall / (rounds x T): 1.0 is the physical limit (only the forwards take time);
 * ``lost_ms`` = (wall - rounds x T) / rounds: what orchestration costs per round;
-* ``MB/round``: state and velocity bytes moved between ranks per round (the backend's count).
+* ``MB/round``: state and velocity bytes moved between ranks per round (the backend's count);
+* where rank 0's round goes (medians over the run's rounds, ms): ``send_ms`` (the backend's entry
+  to rank 0's own forward: cutting the round, signalling the workers), ``over_ms`` (rank 0's own
+  forward beyond T: the sleep's overshoot), ``wait_ms`` (rank 0's forward done to the backend's
+  return: waiting for the workers, the velocities put together) and ``algo_ms`` (the backend's return to
+  its next entry: the algorithm's steps and rectification, the stack).
 
 Both transports side by side: ``shm`` (states and velocities in shared memory, only headers on
 the sockets; the default for CPU ranks) and ``socket`` (everything over gloo).
@@ -51,6 +56,7 @@ class SleepAdapter(Adapter):
         self.shape = tuple(cfg["shape"])
         self.dtype = getattr(torch, cfg["dtype"])
         self.zeros = torch.zeros((int(cfg["max_batch"]), *self.shape), dtype=self.dtype)
+        self.sleeps: list[tuple[float, float]] = []
 
     def encode(self, prompt: str, seed: int) -> Encoded:
         n = int(self.cfg["num_inference_steps"])
@@ -59,7 +65,9 @@ class SleepAdapter(Adapter):
         return Encoded(x0=x0, cond=cond, step=EulerStep(torch.linspace(1, 0, n + 1)), num_steps=n)
 
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        start = time.perf_counter()
         time.sleep(float(cond["sleep_s"]))
+        self.sleeps.append((start, time.perf_counter()))  # read on rank 0 only (phases())
         return self.zeros[: xs.shape[0]]
 
     def decode(self, x: Tensor, out_dir: Path, stem: str) -> list[str]:
@@ -69,6 +77,19 @@ class SleepAdapter(Adapter):
 def algorithms(k: int, n: int) -> dict[str, Any]:
     return {"CHORDS": CHORDS(k, preset_init_sequence(k, n)), "ParaDIGMS": ParaDIGMS(num_cores=k, tolerance=0.1),
             "SRDS": SRDS(num_cores=k)}
+
+
+def phases(calls: list[tuple[float, float]], sleeps: list[tuple[float, float]], sleep_s: float) -> dict[str, float]:
+    """Medians (ms) of where rank 0's rounds went: ``calls`` are the backend's (entry, return)
+    times, ``sleeps`` rank 0's own forwards, one inside each call."""
+    send, over, wait, algo = [], [], [], []
+    for (enter, leave), (start, end) in zip(calls, sleeps):
+        send.append(start - enter)
+        over.append(end - start - sleep_s)
+        wait.append(leave - end)
+    algo = [nxt[0] - cur[1] for cur, nxt in zip(calls, calls[1:])]
+    med = lambda xs: 1e3 * float(torch.tensor(xs, dtype=torch.float64).median()) if xs else float("nan")  # noqa: E731
+    return {"send_ms": med(send), "over_ms": med(over), "wait_ms": med(wait), "algo_ms": med(algo)}
 
 
 def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int, algos: list[str], shm: bool) -> list[dict]:
@@ -86,13 +107,24 @@ def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int
                 if name not in algos:
                     continue
                 before = backend.bytes_total
+                calls: list[tuple[float, float]] = []
+
+                def timed(xs: Tensor, steps: Tensor) -> Tensor:
+                    enter = time.perf_counter()
+                    v = backend.velocity(xs, steps)
+                    calls.append((enter, time.perf_counter()))
+                    return v
+
+                timed.stage = backend.stage  # sample() stacks into the backend's shared memory, as unwrapped
+                adapter.sleeps.clear()
                 t0 = time.perf_counter()
-                res = sample(algo, backend.velocity, enc.x0, enc.step, enc.num_steps)
+                res = sample(algo, timed, enc.x0, enc.step, enc.num_steps)
                 wall = time.perf_counter() - t0
                 ideal = res.rounds * sleep_s
                 rows.append({"latent": latent, "T_ms": int(sleep_s * 1e3), "algo": name, "config": f"K={cores} on {ranks}", "transport": "shm" if shm else "socket",
                              "rounds": res.rounds, "eff": ideal / wall, "lost_ms": 1e3 * (wall - ideal) / res.rounds,
-                             "MB/round": (backend.bytes_total - before) / res.rounds / 1e6})
+                             "MB/round": (backend.bytes_total - before) / res.rounds / 1e6,
+                             **phases(calls, adapter.sleeps, sleep_s)})
                 print(rows[-1], flush=True)
     return rows
 
@@ -116,7 +148,7 @@ def main() -> None:
             for transport in args.transport:
                 rows += measure(latent, cores, ranks, [ms / 1e3 for ms in args.sleep_ms], args.steps, args.algos, transport == "shm")
     df = pd.DataFrame(rows)
-    for col in ("eff", "lost_ms", "MB/round"):
+    for col in ("eff", "lost_ms", "MB/round", "send_ms", "over_ms", "wait_ms", "algo_ms"):
         table = df.pivot_table(index=["latent", "T_ms", "algo", "transport"], columns="config", values=col, sort=False)
         print(f"\n{col}\n{table.round(3 if col == 'eff' else 1).to_markdown()}")
 
