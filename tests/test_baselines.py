@@ -564,3 +564,24 @@ def test_paradigms_never_accepts_a_nan_error(tol):
     res = sample(ParaDIGMS(10, tol), prob.oracle(10), prob.x0, prob.step, 21)
     assert torch.isfinite(res.output).all()
     assert max_err(res.output, prob.sequential()) < 0.2
+
+
+def test_paradigms_error_of_large_latents_is_summed_in_chunks_to_the_same_value():
+    """Latents above the chunk size (HunyuanVideo-size) sum the float64 error in cached chunks:
+    the same value as one float64 mean up to float64 rounding, the inputs untouched; small
+    latents take the one-pass path (exactly torch.mean)."""
+    from baselines import paradigms
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        new = torch.randn(3, 5, paradigms._CHUNK // 2 + 7, generator=g).to(dtype)
+        old = (new.double() + 0.01 * torch.randn(new.shape, generator=g, dtype=torch.float64)).to(dtype)
+        keep = new.clone(), old.clone()
+        want = (new.double() - old.double()).pow(2).flatten(1).mean(1).max().item()
+        got = ParaDIGMS._worst_change(new, old)
+        assert got == pytest.approx(want, rel=1e-13) and got > 0
+        assert torch.equal(new, keep[0]) and torch.equal(old, keep[1])
+        small_new, small_old = new[:, :1, :100], old[:, :1, :100]
+        assert ParaDIGMS._worst_change(small_new, small_old) == (small_new.double() - small_old.double()).pow(2).flatten(1).mean(1).max().item()
+    vec = torch.randn(paradigms._CHUNK + 3, generator=g, dtype=torch.float64)
+    assert ParaDIGMS._worst_change(vec, vec * 0.5) == pytest.approx((vec * 0.5).pow(2).mean().item(), rel=1e-13)
