@@ -27,6 +27,25 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype.is_floating_point else dtype
 
 
+class _Scratch:
+    """Two accumulation buffers a ParaDIGMS solve reuses every round: on a CPU a fresh tensor of
+    a HunyuanVideo-size latent in float32 (17 MB) is fresh pages from the kernel, and the page
+    faults of eight of them per round cost more than the arithmetic."""
+
+    def __init__(self) -> None:
+        self.bufs: list[Tensor | None] = [None, None]
+
+    def difference(self, which: int, a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
+        """``(a - b).to(acc)``, into buffer ``which`` when ``a`` and ``b`` share a dtype (the
+        difference is then computed in that dtype and widened, the same values)."""
+        if a.dtype != b.dtype:
+            return (a - b).to(acc)
+        out = self.bufs[which]
+        if out is None or out.shape != a.shape or out.dtype != acc or out.device != a.device:
+            out = self.bufs[which] = torch.empty(a.shape, dtype=acc, device=a.device)
+        return torch.sub(a, b, out=out)
+
+
 @dataclass(frozen=True)
 class ParaDIGMS:
     """Sliding-window Picard iteration over the sampling trajectory (ODE form).
@@ -156,20 +175,20 @@ class ParaDIGMS:
         variance = self._variance(step, n)
         tol2 = float(self.tolerance) ** 2
         buf: list[Tensor] = [x0] * (n + 1)
+        scratch = _Scratch()
         b = 0
         while b < n:
             e = min(b + k, n)
             v = yield buf[b:e], list(range(b, e))
             anchor = buf[b]
             acc = _accumulation_dtype(anchor.dtype)
-            drift: Tensor | None = None
             new: list[Tensor] = []
             for offset, i in enumerate(range(b, e)):
                 nxt = step(buf[i], v[offset], i, i + 1)
-                # (nxt - buf[i]).to(acc): the difference rounded to the states' dtype, then widened
-                d = torch.sub(nxt, buf[i], out=torch.empty(nxt.shape, dtype=acc, device=nxt.device)) \
-                    if nxt.dtype == buf[i].dtype and acc != nxt.dtype else (nxt - buf[i]).to(acc)
-                drift = d if drift is None else drift.add_(d)
+                if offset == 0:
+                    drift = scratch.difference(0, nxt, buf[i], acc)
+                else:
+                    drift.add_(scratch.difference(1, nxt, buf[i], acc))
                 new.append(anchor + drift.to(anchor.dtype))
             # leading positions b+1, b+2, ... whose every sample is within tolerance
             accepted = 0
