@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,7 +89,7 @@ def phases(calls: list[tuple[float, float]], sleeps: list[tuple[float, float]], 
         over.append(end - start - sleep_s)
         wait.append(leave - end)
     algo = [nxt[0] - cur[1] for cur, nxt in zip(calls, calls[1:])]
-    med = lambda xs: 1e3 * float(torch.tensor(xs, dtype=torch.float64).median()) if xs else float("nan")  # noqa: E731
+    med = lambda xs: 1e3 * statistics.median(xs) if xs else float("nan")  # noqa: E731
     return {"send_ms": med(send), "over_ms": med(over), "wait_ms": med(wait), "algo_ms": med(algo)}
 
 
