@@ -83,50 +83,20 @@ def test_k_cores_on_fewer_ranks_equal_local_bitwise(local_outputs, world, max_ba
         assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("chords-")}
 
 
-def test_rounds_are_stacked_straight_into_shared_memory_and_kept_states_never_change(local_outputs):
+def test_rounds_go_through_shared_memory_both_ways_and_kept_tensors_never_change(local_outputs):
     """sample() stacks each round into the backend's shared state file (ProcessBackend.stage),
-    so the backend copies nothing; an oracle that keeps its inputs sees them unchanged (the
-    file is then not offered again while they live), and every output is still bitwise local's."""
+    so the backend copies no state, and the backend returns the round's velocities as they lie
+    in a shared velocity area (rank 0's share copied in beside the workers'; the two areas take
+    turns). An oracle that keeps every stacked state, or every velocity, sees none of them change
+    (a file is not written again while they live), and every output is still bitwise local's."""
     ad, enc, ref = local_outputs
-    algo = ALGOS["chords-k8"]
     with ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, 2, timeout_s=60, num_cores=8) as backend:
         backend.set_condition(enc.cond)
-        in_file = []
+        in_file, in_area = [], []
 
         def plain(xs, steps):
             slots = backend._slots
             in_file.append((xs.shape[0], slots is not None and xs.data_ptr() == slots.bufs[0].data_ptr()))
-            return backend.velocity(xs, steps)
-
-        plain.stage = backend.stage
-        res = sample(algo, plain, enc.x0, enc.step, enc.num_steps)
-        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
-        # every round with a share for rank 1 (b >= 2), once the file exists (made in round 2)
-        assert all(staged for b, staged in in_file[2:] if b >= 2) and sum(s for _, s in in_file) >= res.rounds // 2
-        kept, copies = [], []
-
-        def keeping(xs, steps):
-            kept.append(xs)
-            copies.append(xs.clone())
-            return backend.velocity(xs, steps)
-
-        keeping.stage = backend.stage
-        res = sample(algo, keeping, enc.x0, enc.step, enc.num_steps)
-        assert all(torch.equal(a, b) for a, b in zip(kept, copies))
-        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
-
-
-def test_velocities_are_returned_where_they_lie_and_kept_ones_never_change(local_outputs):
-    """The process backend returns each round's velocities as they lie in a shared velocity area
-    (rank 0's share copied in beside the workers'), the two areas taking turns: a caller that
-    keeps every velocity sees none of them change, and the outputs are bitwise local's."""
-    ad, enc, ref = local_outputs
-    algo = ALGOS["chords-k8"]
-    with ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, 2, timeout_s=60, num_cores=8) as backend:
-        backend.set_condition(enc.cond)
-        in_area = []
-
-        def plain(xs, steps):
             v = backend.velocity(xs, steps)
             slots = backend._slots
             in_area.append(xs.shape[0] >= 2 and slots is not None
@@ -134,21 +104,25 @@ def test_velocities_are_returned_where_they_lie_and_kept_ones_never_change(local
             return v
 
         plain.stage = backend.stage
-        res = sample(algo, plain, enc.x0, enc.step, enc.num_steps)
+        res = sample(ALGOS["chords-k8"], plain, enc.x0, enc.step, enc.num_steps)
         assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
-        assert sum(in_area) >= res.rounds // 2  # every round with a share for rank 1, once the files exist
-        kept, copies = [], []
+        # every round with a share for rank 1 (b >= 2), once the files exist (made in round 2)
+        assert all(staged for b, staged in in_file[2:] if b >= 2) and sum(s for _, s in in_file) >= res.rounds // 2
+        assert sum(in_area) >= res.rounds // 2
+        for keep in ("states", "velocities"):
+            kept, copies = [], []
 
-        def keeping(xs, steps):
-            v = backend.velocity(xs, steps)
-            kept.append(v)
-            copies.append(v.clone())
-            return v
+            def keeping(xs, steps):
+                v = backend.velocity(xs, steps)
+                held = xs if keep == "states" else v
+                kept.append(held)
+                copies.append(held.clone())
+                return v
 
-        keeping.stage = backend.stage
-        res = sample(algo, keeping, enc.x0, enc.step, enc.num_steps)
-        assert all(torch.equal(a, b) for a, b in zip(kept, copies))
-        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
+            keeping.stage = backend.stage
+            res = sample(ALGOS["chords-k8"], keeping, enc.x0, enc.step, enc.num_steps)
+            assert all(torch.equal(a, b) for a, b in zip(kept, copies)), keep
+            assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"]), keep
 
 
 def test_no_room_in_shared_memory_falls_back_to_sockets(local_outputs, monkeypatch, caplog):

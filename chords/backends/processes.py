@@ -612,8 +612,9 @@ class ProcessBackend:
         self.world_size = world_size
         self.cap = share_cap(num_cores or world_size, world_size)
         self.max_batch = max_batch
-        # one host, CPU ranks: states and velocities through shared memory, only headers over gloo
-        self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu"
+        # one host, CPU ranks (rank 0 included): states and velocities through shared memory, only headers over gloo
+        self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu" \
+            and adapter.device.type == "cpu"
         self._slots: SharedSlots | None = None
         self._replies = RoundBuffers(keep=2)  # each round's gathered velocities (chords.buffers)
         self.bytes_per_round = 0
@@ -871,7 +872,6 @@ class ProcessBackend:
                 sends.append((r, self._isend(headers[r], r)))
                 done = torch.empty(1, dtype=torch.long, device=self.comm)
                 recvs.append((r, dist.irecv(done, r)))
-                outs.append(slots.rows(area, lo, hi - lo, reply))
                 moved += (hi - lo) * slots.numel * (xs.dtype.itemsize + reply.itemsize)
                 continue
             sends.append((r, self._isend(headers[r], r)))
@@ -886,7 +886,7 @@ class ProcessBackend:
         for rank, work in sends + recvs:
             self._wait(work, rank)
         self._reply_dtype[xs.dtype] = self._last_reply = v0.dtype
-        if not outs:
+        if not busy:
             return v0
         if v0.dtype != reply:  # a wrong guess: the workers cast their velocities; ask again, now known
             return self.velocity(xs, steps)
@@ -896,12 +896,10 @@ class ProcessBackend:
         self.bytes_total += moved
         log.debug("round of %d state(s) on %d rank(s): %d bytes moved (%s)", b, len(busy) + 1, moved,
                   "shared memory" if slots is not None else "sockets")
-        if slots is not None and v0.device.type == "cpu":
+        if slots is not None:
             # every rank's rows side by side in the velocity area: rank 0's copied in, returned as they lie
             slots.rows(area, 0, len(v0), reply).copy_(v0)
             return slots.rows(area, 0, b, reply)
-        if slots is not None:  # the workers' rows are consecutive in the file: one piece
-            outs = [slots.rows(area, parts[1][0], b - parts[1][0], reply)]
         parts_v = [v0, *(o.to(v0.device) for o in outs)]
         if any(o.dtype != v0.dtype for o in parts_v):
             return torch.cat(parts_v)
