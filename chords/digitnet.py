@@ -253,11 +253,16 @@ def default_classifier() -> DigitClassifier:
     return load_classifier(CLASSIFIER_FILE)
 
 
+def net_device(net: torch.nn.Module) -> torch.device:
+    """Where the classifier's weights are: samples are scored there, wherever they were made."""
+    return next(net.parameters()).device
+
+
 @torch.no_grad()
 def classify(net: DigitClassifier, images: Tensor, batch: int = 512) -> tuple[Tensor, Tensor]:
     """(softmax probabilities [N, 10], features [N, 64]) of images [N, 1, 32, 32] (or [N, 32, 32]),
-    or of latents [N, 1, 16, 16] (decoded first, ``as_pixels``)."""
-    x = as_pixels(images.detach()).reshape(-1, 1, SIZE, SIZE)
+    or of latents [N, 1, 16, 16] (decoded first, ``as_pixels``), on the classifier's device."""
+    x = as_pixels(images.detach().to(net_device(net))).reshape(-1, 1, SIZE, SIZE)
     probs, feats = [], []
     for i in range(0, len(x), batch):
         f = net.features(x[i : i + batch])
@@ -377,8 +382,9 @@ class ClipScore:
 
 
 def score_clip(net: DigitClassifier, clip: Tensor) -> ClipScore:
-    """A clip [F, H, W] (or [1, F, H, W]) of pixels in [-1, 1] or of latents (decoded first)."""
-    frames = as_pixels(clip).reshape(-1, SIZE, SIZE)
+    """A clip [F, H, W] (or [1, F, H, W]) of pixels in [-1, 1] or of latents (decoded first), scored
+    on the classifier's device."""
+    frames = as_pixels(clip.detach().to(net_device(net))).reshape(-1, SIZE, SIZE)
     probs, _ = classify(net, frames)
     pred = probs.argmax(1)
     majority = int(torch.bincount(pred, minlength=10).argmax())
@@ -430,7 +436,7 @@ def score_sample(net: DigitClassifier, meta: dict, x: Tensor) -> SampleScore | N
     if kind not in EMBEDDED_MODELS:
         return None
     target = int(meta.get("digit", -1)) if isinstance(meta.get("digit", -1), int) else -1
-    x = as_pixels(x)
+    x = as_pixels(x.detach().to(net_device(net)))  # an output made on a GPU is scored where the classifier is
     if kind == "digits":
         probs, feats = classify(net, x.reshape(1, 1, SIZE, SIZE))
         p = float(probs[0, target]) if target >= 0 else math.nan

@@ -27,6 +27,7 @@ from chords.backends import LocalBackend, ProcessBackend, thread_setting
 from chords.backends.processes import release_torchrun_ranks, serve_torchrun, torchrun_env
 from chords.config import RunSpec, validate
 from chords.core import Hit, SampleResult, Sequential, sample
+from chords.latents import latent_rmse
 from chords.models.base import Adapter, Encoded
 from chords.config import CONFIG_DIR
 from chords.rundir import (
@@ -586,7 +587,7 @@ def summary_table(outcomes: list[tuple[Outcome, Outcome | None]]) -> str:
         if ref is None:
             lines.append(f"{name:<40} {main.output_round:>6} {'-':>5} {'-':>8} {main.sample_s:>8.3f} {'-':>8} {'-':>10}{q}")
             continue
-        rmse = (main.output.double() - ref.output.double()).pow(2).mean().sqrt().item()
+        rmse = latent_rmse(main.output, ref.output)
         lines.append(
             f"{name:<40} {main.output_round:>6} {ref.rounds:>5} {ref.rounds / main.output_round:>7.2f}x "
             f"{main.sample_s:>8.3f} {ref.sample_s:>8.3f} {rmse:>10.2e}{q}"

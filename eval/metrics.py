@@ -28,24 +28,11 @@ from typing import Iterable
 import pandas as pd
 import torch
 
+from chords.latents import l1_distance, latent_rmse  # noqa: F401  (one implementation, shared with the runner)
+
 from .runs import Problems, Run, RunError
 
 GROUP_KEYS = ["model", "media", "method", "num_cores", "num_steps"]
-
-
-def latent_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """sqrt(mean((a - b)^2)) over every element, in float64."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(f"shapes differ: {list(a.shape)} vs {list(b.shape)}")
-    d = a.detach().to(torch.float64) - b.detach().to(torch.float64)
-    return math.sqrt(float(torch.mean(d * d)))
-
-
-def l1_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """mean(|a - b|) over every element, in float64 (the L1 distance per element)."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(f"shapes differ: {list(a.shape)} vs {list(b.shape)}")
-    return float(torch.mean(torch.abs(a.detach().to(torch.float64) - b.detach().to(torch.float64))))
 
 
 DISTANCES = {"l1": l1_distance, "rmse": latent_rmse}
