@@ -204,6 +204,7 @@ class RunSpec:
     num_steps: int
     world_size: int
     algo_tag: str
+    hardware_note: str = ""  # hardware=auto: what it chose, in one line (logged by the runner)
 
 
 def _group_options(group: str) -> list[str]:
@@ -316,25 +317,38 @@ def algo_tag(algo: DictConfig | dict, algorithm: Any, stop: StopRule | None, num
 def resolve_hardware(hw: DictConfig) -> None:
     """``device: auto`` becomes cuda when a GPU is visible, else cpu.
 
-    ``hardware=auto`` (``name: auto``) becomes ``gpu`` (one process per GPU, NCCL) when CUDA is
-    visible, else ``batched``: one process evaluating all cores of a round in one batched forward.
-    On a CPU that is the configuration with a real wall-clock speedup (bench/bench_embedded.py:
-    CHORDS K=4 beats sequential on the trained digits model when batched, while one process
-    per core splits the same cores and adds inter-process traffic to every round).
+    ``hardware=auto`` (``name: auto``) becomes ``gpu`` (one process per GPU, NCCL) when two or
+    more GPUs are visible (:func:`world_size` then spreads the K cores over the GPUs present);
+    with one GPU it becomes ``batched`` on ``cuda``: one process evaluating every core of a
+    round in one batched forward on that GPU; without GPUs, ``batched`` on the CPU. On a CPU
+    that is the configuration with a real wall-clock speedup (bench/bench_embedded.py: CHORDS
+    K=4 beats sequential on the trained digits model when batched, while one process per core
+    splits the same cores and adds inter-process traffic to every round).
     """
     if hw.get("device") != "auto":
         return
     import torch
 
-    gpu = torch.cuda.is_available()
-    hw.device = "cuda" if gpu else "cpu"
-    if hw.get("name") == "auto" and not gpu:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    hw.device = "cuda" if gpus else "cpu"
+    if hw.get("name") == "auto" and gpus < 2:
         hw.name, hw.backend, hw.mode = "batched", "local", "batched"
         return
     if hw.get("dist_backend") == "auto":
-        hw.dist_backend = "nccl" if gpu else "gloo"
+        hw.dist_backend = "nccl" if gpus else "gloo"
     if hw.get("name") == "auto":
-        hw.name = "gpu" if gpu else "cpu"
+        hw.name = "gpu" if gpus else "cpu"
+
+
+def auto_choice(hw: DictConfig, num_cores: int, world: int) -> str:
+    """The one line that says what ``hardware=auto`` chose, after :func:`resolve_hardware`."""
+    if hw.backend == "local":
+        where = "one GPU (cuda:0)" if hw.device == "cuda" else "no GPU: the CPU"
+        return (f"hardware=auto: {where} -> hardware={hw.name}, one process evaluating the {num_cores} core(s) "
+                f"of a round in one batched forward")
+    per = -(-num_cores // max(world, 1))
+    return (f"hardware=auto: {world} GPU process(es) -> hardware={hw.name} ({hw.dist_backend}), {num_cores} core(s) "
+            f"over {world} GPU(s), up to {per} state(s) per GPU per round")
 
 
 def check_device(hw: DictConfig) -> None:
@@ -373,9 +387,11 @@ def check_device(hw: DictConfig) -> None:
             raise ConfigError(f"hardware.dist_backend 'nccl' needs hardware.device=cuda (it is {dev!r}): use gloo on CPUs")
 
 
-def world_size(cfg: DictConfig, num_cores: int, core_key: str = "algo.num_cores") -> int:
+def world_size(cfg: DictConfig, num_cores: int, core_key: str = "algo.num_cores", fit_gpus: bool = False) -> int:
     """Processes the backend runs: min(ngpu, num_cores) (each takes a share of every round), or
-    torchrun's ``WORLD_SIZE`` under ``hardware.launcher=torchrun``; ``core_key`` is what the user set."""
+    torchrun's ``WORLD_SIZE`` under ``hardware.launcher=torchrun``; ``core_key`` is what the user set.
+    ``fit_gpus`` (``hardware=auto``): at most one process per visible GPU, each taking a larger
+    share, instead of refusing an ``ngpu`` above the GPUs present."""
     hw = cfg.hardware
     if hw.backend == "local":
         return 1
@@ -402,6 +418,8 @@ def world_size(cfg: DictConfig, num_cores: int, core_key: str = "algo.num_cores"
         import torch
 
         have = torch.cuda.device_count()
+        if fit_gpus:
+            procs = min(procs, have)
         if procs > have:
             key = "ngpu" if ngpu <= num_cores else core_key
             raise ConfigError(f"{key} {procs} needs {procs} GPUs (one process per GPU) but {have} are visible: use {key} <= {have}")
@@ -448,6 +466,7 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     if check_output:
         check_writable(cfg.output_base_path)
     hw = cfg.hardware
+    chosen_by_auto = hw.get("name") == "auto" and hw.get("device") == "auto"
     resolve_hardware(hw)
     if hw.get("backend") not in BACKENDS:
         raise ConfigError(f"hardware.backend {hw.get('backend')!r} is unknown: use one of {', '.join(BACKENDS)}")
@@ -469,6 +488,13 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     problems = adapter_cls.validate(model)
     if problems:
         raise ConfigError(problems[0])
+    if chosen_by_auto and hw.device == "cpu" and adapter_cls.wants_gpu(model):
+        from chords.sysinfo import cuda_summary
+
+        raise ConfigError(
+            f"model={model.get('model_name')} needs a GPU but none is usable ({cuda_summary()}): hardware=auto will not "
+            f"sample it on the CPU; install the torch build for your driver (README, 'GPUs'), or choose hardware=cpu "
+            f"or hardware=local to run it on the CPU anyway")
     precision = step_precision_problem(model.get("step_precision", "model"))
     if precision:
         raise ConfigError(precision)
@@ -484,12 +510,13 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
         msg = str(e)
         raise ConfigError(msg if msg.startswith(("stop", "residual")) else f"algo.{msg}") from None
 
-    ws = world_size(cfg, algorithm.num_cores, core_key)
+    ws = world_size(cfg, algorithm.num_cores, core_key, fit_gpus=chosen_by_auto)
     prompts = read_prompts(cfg.prompt_file)
     missing = adapter_cls.missing_weights(model) if check_weights else None
     if missing:
         raise ConfigError(missing)
-    return RunSpec(algorithm, stop, adapter_cls, prompts, n, ws, algo_tag(cfg.algo, algorithm, stop, n))
+    note = auto_choice(hw, algorithm.num_cores, ws) if chosen_by_auto else ""
+    return RunSpec(algorithm, stop, adapter_cls, prompts, n, ws, algo_tag(cfg.algo, algorithm, stop, n), note)
 
 
 # --------------------------------------------------------------------------- command line

@@ -28,6 +28,7 @@ from chords.backends.processes import release_torchrun_ranks, serve_torchrun, to
 from chords.config import RunSpec, validate
 from chords.core import Hit, SampleResult, Sequential, sample
 from chords.latents import latent_rmse
+from chords.sysinfo import cuda_info, cuda_summary
 from chords.models.base import Adapter, Encoded
 from chords.config import CONFIG_DIR
 from chords.rundir import (
@@ -271,6 +272,7 @@ def write_run(
             "encode_meta": enc.meta,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "versions": versions(),
+            "platform": cuda_info(),  # torch's CUDA build, the driver, the GPUs (chords.sysinfo)
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json(tmp / "stats.json", stats)
@@ -488,6 +490,9 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
                                    float(cfg.hardware.get("load_timeout_s", 1800)))
         return [(_skipped(j.prompt, j.folder), _skipped(j.prompt, j.ref) if j.ref else None) for j in jobs]
 
+    log.info("%s", cuda_summary())
+    if spec.hardware_note:
+        log.info("%s", spec.hardware_note)
     t_load = time.perf_counter()
     device = _device(cfg)
     adapter = spec.adapter_cls(cfg.model, device, "full")

@@ -43,3 +43,78 @@ def test_outputs_on_the_device_reach_the_summary_quality_and_grid(tmp_path, monk
         assert write_job_grids(outcomes)
     assert outcomes[0][1].skipped and not outcomes[0][0].skipped  # the reference came from disk
     assert "accuracy" in tables[-1] and "e-" in tables[-1]
+
+
+# --------------------------------------------------------------------------- what hardware=auto picks
+
+
+def _gpus(monkeypatch, n: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stand-in GPU")
+
+
+@pytest.mark.parametrize("gpus, name, world", [(1, "batched", 1), (2, "gpu", 2), (3, "gpu", 3), (8, "gpu", 4)])
+def test_auto_spreads_the_default_cores_over_the_gpus_present(monkeypatch, gpus, name, world):
+    """The default command (ngpu=4, K=4, hardware=auto) on 1-3 GPUs used to be a config error."""
+    from chords.config import validate
+
+    monkeypatch.chdir(ROOT)
+    _gpus(monkeypatch, gpus)
+    cfg = compose([])
+    spec = validate(cfg, check_output=False)
+    assert (cfg.hardware.name, cfg.hardware.device, spec.world_size, spec.algorithm.num_cores) == (name, "cuda", world, 4)
+    assert spec.hardware_note.startswith("hardware=auto: ") and f"hardware={name}" in spec.hardware_note
+    if gpus > 1:
+        assert cfg.hardware.dist_backend == "nccl" and f"over {world} GPU(s)" in spec.hardware_note
+
+
+def test_an_explicit_gpu_choice_still_refuses_too_many_gpus(monkeypatch):
+    from chords.config import ConfigError, validate
+
+    monkeypatch.chdir(ROOT)
+    _gpus(monkeypatch, 2)
+    with pytest.raises(ConfigError, match="ngpu 4 needs 4 GPUs"):
+        validate(compose(["hardware=gpu"]), check_output=False)
+
+
+def test_auto_refuses_a_real_model_without_a_gpu_but_an_explicit_choice_runs_it(monkeypatch):
+    from chords.config import ConfigError, validate
+
+    monkeypatch.chdir(ROOT)
+    _gpus(monkeypatch, 0)
+    with pytest.raises(ConfigError, match=r"model=flux needs a GPU but none is usable \(torch .*\): .*hardware=cpu"):
+        validate(compose(["model=flux"]), check_output=False, check_weights=False)
+    for hw in ("hardware=cpu", "hardware=local"):
+        validate(compose(["model=flux", hw]), check_output=False, check_weights=False)
+    spec = validate(compose(["model=tiny-flux"]), check_output=False)  # tiny builds run anywhere
+    assert "no GPU: the CPU" in spec.hardware_note
+
+
+def test_the_cli_refuses_a_real_model_on_the_cpu_in_one_line(python, tmp_path):
+    import subprocess
+
+    from tests.conftest import cli_env
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    r = subprocess.run([python, "run_image_mp.py", "model=flux", f"output_base_path={tmp_path}"], cwd=ROOT, env=cli_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "needs a GPU" in r.stderr and "torch 2." in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_stats_and_log_name_the_torch_build_and_driver(tmp_path, monkeypatch, caplog):
+    import json
+    import logging
+
+    monkeypatch.chdir(ROOT)
+    cfg = compose([f"output_base_path={tmp_path}", "hardware=local", "model.num_inference_steps=4", "algo=sequential",
+                   "prompt_file=prompts/digits_demo.txt", "reference=false"])
+    with caplog.at_level(logging.INFO, logger="chords"):
+        outcomes = run(cfg)
+    plat = json.loads((outcomes[0][0].folder / "stats.json").read_text())["platform"]
+    assert plat["torch"] == torch.__version__ and plat["torch_cuda"] == torch.version.cuda
+    assert set(plat) >= {"driver", "cuda_available", "gpus"}
+    assert any(r.getMessage().startswith(f"torch {torch.__version__}, ") for r in caplog.records)

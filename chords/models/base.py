@@ -60,6 +60,12 @@ class Adapter(ABC):
         return []
 
     @classmethod
+    def wants_gpu(cls, cfg: Mapping[str, Any]) -> bool:
+        """True for a model too large to sample on a CPU by accident: ``hardware=auto`` refuses it
+        there (an explicit ``hardware=`` choice still runs it)."""
+        return False
+
+    @classmethod
     def missing_weights(cls, cfg: Mapping[str, Any]) -> str | None:
         """A one-line message naming the download.py command if weights are absent, else None."""
         return None

@@ -523,6 +523,10 @@ class DiffusersAdapter(Adapter):
         return []
 
     @classmethod
+    def wants_gpu(cls, cfg: Mapping[str, Any]) -> bool:
+        return not is_tiny(cfg)  # a real checkpoint (billions of parameters); tiny builds run anywhere
+
+    @classmethod
     def missing_weights(cls, cfg: Mapping[str, Any]) -> str | None:
         if is_tiny(cfg):
             return None
