@@ -118,3 +118,64 @@ def test_stats_and_log_name_the_torch_build_and_driver(tmp_path, monkeypatch, ca
     assert plat["torch"] == torch.__version__ and plat["torch_cuda"] == torch.version.cuda
     assert set(plat) >= {"driver", "cuda_available", "gpus"}
     assert any(r.getMessage().startswith(f"torch {torch.__version__}, ") for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- no GPU sync in a forward
+
+
+def _as_on_a_worker(cond):
+    """The conditioning as a GPU rank holds it (chords.models.base.cond_to): tensors with dimensions
+    on the device (tracked here), 0-d scalars on the host."""
+    from tests.foreign_device import tracked
+
+    return {k: tracked(v) if v.dim() > 0 else v for k, v in cond.items()}
+
+
+def _forward_reads(adapter, enc) -> list[str]:
+    from tests.foreign_device import HostReads, tracked
+
+    HostReads.log = []
+    xs = tracked(torch.stack([enc.x0, enc.x0]))
+    steps = tracked(torch.tensor([0, enc.num_steps - 1]))
+    with torch.no_grad():
+        adapter.velocity(xs, steps, _as_on_a_worker(enc.cond))
+    return list(HostReads.log)
+
+
+@pytest.mark.parametrize("name", ["digits", "moving-digits", "tiny-flux", "tiny-sd3-5", "tiny-wan2-1", "tiny-hunyuan",
+                                  "tiny-cogvideo"])
+def test_a_forward_reads_nothing_back_from_the_device(name):
+    """float()/bool()/.item() of a tensor on the GPU waits for every queued kernel: the adapters'
+    forwards make none (the guidance scales and flags they read are 0-d host tensors)."""
+    from omegaconf import OmegaConf
+
+    from chords.models.base import load_adapter_class
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml"), resolve=True)
+    variants = [cfg]
+    if name in ("tiny-flux", "tiny-hunyuan"):  # the true-CFG branch reads its scale too
+        variants.append({**cfg, "true_cfg_scale": 2.0, "negative_prompt": "blurry"})
+    if name == "tiny-sd3-5":
+        variants.append({**cfg, "guidance_scale": 5.0})
+    for c in variants:
+        adapter = load_adapter_class(c["adapter"])(c, "cpu", "full")
+        enc = adapter.encode("a 7 moving up" if "digits" in name else "a cat", 0)
+        assert _forward_reads(adapter, enc) == []
+
+
+def test_the_sync_detector_sees_a_read_in_the_adapter(monkeypatch):
+    """With every conditioning tensor on the device (the old rule), the true-CFG scale's float()
+    in the flux adapter is a GPU read, and it is caught."""
+    from omegaconf import OmegaConf
+
+    from chords.models import diffusers_common
+    from chords.models.base import load_adapter_class
+    from tests.foreign_device import tracked
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / "tiny-flux.yaml"), resolve=True)
+    cfg.update(true_cfg_scale=2.0, negative_prompt="blurry")
+    adapter = load_adapter_class(cfg["adapter"])(cfg, "cpu", "full")
+    enc = adapter.encode("a cat", 0)
+    monkeypatch.setattr(diffusers_common, "cond_to", lambda cond, device: {k: tracked(v) for k, v in cond.items()})
+    reads = _forward_reads(adapter, enc)
+    assert reads and all("flux.py" in r for r in reads)

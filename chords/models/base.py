@@ -85,6 +85,13 @@ class Adapter(ABC):
         return {}
 
 
+def cond_to(cond: Mapping[str, Tensor], device: torch.device | str) -> dict[str, Tensor]:
+    """The conditioning as a rank holds it on ``device``: tensors with dimensions move there; 0-d
+    tensors (guidance scales, flags) stay on the host, so that reading one in a forward
+    (``float(cond["guidance_scale"])``) never waits for the GPU."""
+    return {k: v.to(device) if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in cond.items()}
+
+
 def load_adapter_class(path: str) -> type[Adapter]:
     module, _, name = str(path).rpartition(".")
     try:

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import numpy as np
 import torch
 
-from chords.models.base import Adapter
+from chords.models.base import Adapter, cond_to
 from chords.steps import step_precision_problem
 
 log = logging.getLogger(__name__)
@@ -555,7 +555,7 @@ class DiffusersAdapter(Adapter):
         return torch.Generator("cpu").manual_seed(int(seed))
 
     def to_device(self, cond: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in cond.items()}
+        return cond_to(cond, self.device)  # scalars stay on the host: no GPU sync to read them
 
     @staticmethod
     def flatten_states(xs: Tensor) -> tuple[Tensor, int, int]:

@@ -157,7 +157,10 @@ class _EmbeddedDiT(Adapter):
         # a null label means "any": the label table's size
         lab = torch.tensor([[v if v >= 0 else int(n) for v, n in zip(labels, self.net.cfg.labels)]], dtype=torch.long)
         meta = {"embedded": self.cfg.get("model_name"), "guidance_scale": self.guidance, **meta}
-        return Encoded(x0, {"labels": lab, "sigmas": sig}, step, step.num_steps, meta)
+        # whether guidance applies is decided here, on the host, once per prompt: a 0-d flag stays on
+        # the host on every rank (chords.models.base.cond_to), so a forward never waits for the GPU
+        guided = self.guidance != 1.0 and bool((lab != self.null.cpu()).any())
+        return Encoded(x0, {"labels": lab, "sigmas": sig, "guided": torch.tensor(guided)}, step, step.num_steps, meta)
 
     @torch.no_grad()
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
@@ -166,8 +169,7 @@ class _EmbeddedDiT(Adapter):
         x = xs.reshape(b, c.channels, c.frames, c.height, c.width).to(self.device, self.dtype)
         sigma = cond["sigmas"].to(self.device, self.dtype)[steps.to(self.device)]
         lab = cond["labels"].to(self.device).reshape(1, -1).expand(b, -1)
-        guided = self.guidance != 1.0 and bool((lab != self.null).any())
-        if not guided:
+        if not bool(cond["guided"]):  # a host flag (see encode)
             v = self.net(x, sigma, lab)
         else:
             out = self.net(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([lab, self.null.expand(b, -1)]))
