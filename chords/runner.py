@@ -166,6 +166,7 @@ class RunContext:
     warmup: dict
     full_return: bool
     desc: str
+    timed_after: str = "warm-up"  # what this process sampled just before (the run and its reference are both warm)
 
 
 def sample_prompt(
@@ -255,6 +256,7 @@ def write_run(
             "world_size": ctx.world_size,
             "devices": ctx.devices,
             "warmup": ctx.warmup,
+            "timed_after": ctx.timed_after,
             "hits": [
                 {"index": i, "core": h.core, "round": h.round, "nfe": hit_nfe[i], "wall_s": stamps[i], "latent": f"hit_{i:02d}",
                  "media": hit_media[i]}
@@ -287,16 +289,19 @@ def _resolved_algo(cfg: DictConfig, spec: RunSpec) -> dict:
 
 
 def warm_up(backend: Any, enc: Encoded, num_cores: int, clock: Clock) -> dict:
-    """One forward on every rank before the first prompt is timed: a full round of ``x0`` at
-    grid index 0 (each rank evaluates its largest share; the local loop one state). Kernels are
-    compiled, caches filled and memory allocated here, not inside the first run's clock."""
+    """Forwards on every rank before the first prompt is timed: a round of 1, 2, ..., K copies of
+    ``x0`` at grid index 0 (the local loop: one state), so every batch size a run can use (a
+    CHORDS round grows from 1 to K states, ParaDIGMS' window shrinks at the end, a rank's share
+    is any size up to ceil(K / W)) has had its kernels chosen, caches filled and memory
+    allocated before any clock runs, for the run and its sequential reference alike."""
     backend.set_condition(enc.cond)
-    b = 1 if isinstance(backend, LocalBackend) and backend.mode == "loop" else max(1, int(num_cores))
-    xs = torch.stack([enc.x0] * b)
+    top = 1 if isinstance(backend, LocalBackend) and backend.mode == "loop" else max(1, int(num_cores))
+    sizes = list(range(1, top + 1))
     clock.start()
     with torch.no_grad():
-        backend.velocity(xs, torch.zeros(b, dtype=torch.long))
-    return {"states": b, "seconds": clock.elapsed()}
+        for b in sizes:
+            backend.velocity(torch.stack([enc.x0] * b), torch.zeros(b, dtype=torch.long))
+    return {"states": top, "batch_sizes": sizes, "seconds": clock.elapsed()}
 
 
 @dataclass
@@ -331,6 +336,13 @@ class _Session:
         self.root = Path(cfg.output_base_path)
         self.full_return = bool(cfg.algo.get("full_return", False))
         self.warmup: dict | None = None
+        self.last_timed = "warm-up"  # the sampling this process timed last (stats.json: timed_after)
+        self.rank_timed: dict[int, str] = {}  # the same for each worker rank's references
+
+    def _timed(self, ctx: RunContext) -> RunContext:
+        """``ctx`` stamped with what was timed before it; it becomes the last timed."""
+        ctx.timed_after, self.last_timed = self.last_timed, ctx.desc
+        return ctx
 
     def _needs(self, folder: Path) -> bool:
         return self.overwrite or not is_complete(folder)
@@ -378,7 +390,8 @@ class _Session:
             clean_partial(job.folder)
             ctx = RunContext(job.identity, self.algo_cfg, str(cfg.hardware.name), self.backend.world_size,
                              device_names(self.device, self.backend.world_size), self.warmup, self.full_return, spec.algo_tag)
-            main = sample_prompt(cfg, self.adapter, self.backend, spec.algorithm, spec.stop, enc, encode_s, job.folder, ctx)
+            main = sample_prompt(cfg, self.adapter, self.backend, spec.algorithm, spec.stop, enc, encode_s, job.folder,
+                                 self._timed(ctx))
             log.info("%s: %d rounds (output at %d), %d nfe, %.2fs -> %s", job.prompt[:60], main.rounds, main.output_round,
                      main.nfe, main.sample_s, job.folder)
         else:
@@ -389,7 +402,8 @@ class _Session:
                 clean_partial(job.ref)
                 ctx = RunContext(job.ref_identity or {}, self.seq_cfg, "local", 1, device_names(self.device, 1),
                                  self.warmup, False, "sequential")
-                refo = sample_prompt(cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref, ctx)
+                refo = sample_prompt(cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref,
+                                     self._timed(ctx))
             else:
                 refo = _skipped(job.prompt, job.ref)
         return main, refo
@@ -446,8 +460,9 @@ class _Session:
             clean_partial(job.ref)
             ctx = RunContext(job.ref_identity or {}, self.seq_cfg, "local", 1, [names[rank]], self.warmup, False, "sequential")
             if rank == 0:
-                sample_prompt(self.cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref, ctx)
+                sample_prompt(self.cfg, self.adapter, self.ref_backend, Sequential(), None, enc, encode_s, job.ref, self._timed(ctx))
                 continue
+            ctx.timed_after, self.rank_timed[rank] = self.rank_timed.get(rank, "warm-up"), "sequential"
             got = self.backend.finish_sequential(rank, enc.num_steps)
             hits = [Hit(core, rnd, x.to(self.device)) for core, rnd, x in got["hits"]]
             result = SampleResult(hits, hits[got["stopped_at"]].x, got["rounds"], got["nfe"], got["stopped_at"])

@@ -179,3 +179,34 @@ def test_the_sync_detector_sees_a_read_in_the_adapter(monkeypatch):
     monkeypatch.setattr(diffusers_common, "cond_to", lambda cond, device: {k: tracked(v) for k, v in cond.items()})
     reads = _forward_reads(adapter, enc)
     assert reads and all("flux.py" in r for r in reads)
+
+
+# --------------------------------------------------------------------------- fair timing
+
+
+def test_warm_up_covers_every_batch_size_and_stats_say_what_was_timed_first(tmp_path, monkeypatch):
+    import json
+
+    from chords.backends import LocalBackend
+
+    monkeypatch.chdir(ROOT)
+    sizes = []  # the batch size of every round of the run's (batched) backend
+    real = LocalBackend.velocity
+
+    def recording(self, xs, steps):
+        if self.mode == "batched":
+            sizes.append(int(xs.shape[0]))
+        return real(self, xs, steps)
+
+    monkeypatch.setattr(LocalBackend, "velocity", recording)
+    cfg = compose([f"output_base_path={tmp_path}", "hardware=batched", "model.num_inference_steps=8", "algo=chords",
+                   "algo.num_cores=3", "algo.init_t=0-2-4", "prompt_file=prompts/digits_demo.txt"])
+    outcomes = run(cfg)
+    assert sizes[:3] == [1, 2, 3]  # warm-up: every round size CHORDS K=3 can use, before any clock
+    assert set(sizes[3:]) == {1, 2, 3}
+    main = json.loads((outcomes[0][0].folder / "stats.json").read_text())
+    ref = json.loads((outcomes[0][1].folder / "stats.json").read_text())
+    assert main["warmup"]["batch_sizes"] == [1, 2, 3] and main["warmup"]["states"] == 3
+    assert main["timed_after"] == "warm-up" and ref["timed_after"] == main["algo_tag"]
+    second = json.loads((outcomes[1][0].folder / "stats.json").read_text())
+    assert second["timed_after"] == "sequential"
