@@ -28,7 +28,7 @@ from chords.backends.processes import release_torchrun_ranks, serve_torchrun, to
 from chords.config import RunSpec, validate
 from chords.core import Hit, SampleResult, Sequential, sample
 from chords.latents import latent_rmse
-from chords.sysinfo import cuda_info, cuda_summary
+from chords.sysinfo import cuda_info, cuda_summary, peak_rss_gb
 from chords.models.base import Adapter, Encoded
 from chords.config import CONFIG_DIR
 from chords.rundir import (
@@ -515,7 +515,8 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     hw = cfg.hardware
     threads = thread_setting(int(hw.get("threads_per_process", 1)), str(hw.get("device", "cpu")))
     with threads, make_backend(cfg, spec, adapter) as backend:  # every rank computes with the same threads
-        log.info("model and %d process(es) ready in %.1fs", backend.world_size, time.perf_counter() - t_load)
+        log.info("model and %d process(es) ready in %.1fs; peak host memory of rank 0: %.1f GB", backend.world_size,
+                 time.perf_counter() - t_load, peak_rss_gb())
         session = _Session(cfg, spec, adapter, backend, device, algo_cfg, seq_cfg)
         if want_ref:
             session.references_on_ranks(jobs)

@@ -6,8 +6,10 @@ nothing) can be told from one that used the GPUs.
 """
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
+import sys
 from functools import lru_cache
 from typing import Any
 
@@ -61,3 +63,9 @@ def cuda_summary(info: dict[str, Any] | None = None) -> str:
     else:
         gpus = "0 GPUs usable"
     return f"torch {info['torch']}, {build}, {driver}, {gpus}"
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident host memory so far, in GB (``getrusage``'s ``ru_maxrss``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 30 if sys.platform == "darwin" else 1 << 20)  # bytes on macOS, KiB on Linux

@@ -210,3 +210,43 @@ def test_warm_up_covers_every_batch_size_and_stats_say_what_was_timed_first(tmp_
     assert main["timed_after"] == "warm-up" and ref["timed_after"] == main["algo_tag"]
     second = json.loads((outcomes[1][0].folder / "stats.json").read_text())
     assert second["timed_after"] == "sequential"
+
+
+# --------------------------------------------------------------------------- host memory at start-up
+
+
+def test_real_weights_load_straight_onto_the_rank_device(tmp_path, monkeypatch):
+    """Every rank (rank 0 included) reads the transformer with device_map={"": its device}; rank 0's
+    pipeline gets that same transformer instead of loading a second (host) copy."""
+    import diffusers
+    from omegaconf import OmegaConf
+
+    from chords.models.flux import FluxAdapter
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / "tiny-flux.yaml"), resolve=True)
+    FluxAdapter(cfg, "cpu", "full").pipe.save_pretrained(tmp_path)
+    real_cfg = {**cfg, "build": None, "model_path": str(tmp_path)}
+    calls = []
+    cls = diffusers.FluxTransformer2DModel
+    original = cls.from_pretrained.__func__
+
+    def spy(klass, *args, **kwargs):
+        calls.append(kwargs)
+        return original(klass, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    worker = FluxAdapter(real_cfg, "cpu", "denoiser")
+    full = FluxAdapter(real_cfg, "cpu", "full")
+    assert [c.get("device_map") for c in calls] == [{"": torch.device("cpu")}] * 2
+    assert full.pipe.transformer is full.transformer
+    for a, b in zip(worker.transformer.state_dict().values(), full.transformer.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_peak_host_memory_is_measured():
+    from chords.sysinfo import peak_rss_gb
+
+    before = peak_rss_gb()
+    block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB touched
+    assert peak_rss_gb() >= before and peak_rss_gb() > 0.06
+    del block

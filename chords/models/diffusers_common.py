@@ -439,18 +439,21 @@ class DiffusersAdapter(Adapter):
         return getattr(diffusers, name)
 
     def _load_real(self, cfg: Mapping[str, Any]) -> None:
+        """The transformer is read from its safetensors straight onto this rank's device (diffusers'
+        ``device_map``, low-CPU-memory loading): no rank holds a host copy of it, so W ranks need
+        about one model's worth of host memory, not W. Rank 0 hands it to its pipeline, whose
+        other components (text encoders, VAE) pass through host memory once."""
         path = str(cfg_get(cfg, "model_path"))
         common: dict[str, Any] = {}
         if cfg_get(cfg, "cache_dir"):
             common["cache_dir"] = str(cfg_get(cfg, "cache_dir"))
         kwargs = {**common, DTYPE_KWARG: self.dtype}
+        self.transformer = self._diffusers(self.transformer_class).from_pretrained(
+            path, subfolder="transformer", device_map={"": self.device}, low_cpu_mem_usage=True, **kwargs)
         if self.role == "denoiser":
-            cls = self._diffusers(self.transformer_class)
-            self.transformer = cls.from_pretrained(path, subfolder="transformer", **kwargs)
             return
         kwargs.update(self.pipeline_overrides(cfg, common))
-        self.pipe = self._diffusers(self.pipeline_class).from_pretrained(path, **kwargs)
-        self.transformer = self.pipe.transformer
+        self.pipe = self._diffusers(self.pipeline_class).from_pretrained(path, transformer=self.transformer, **kwargs)
 
     def pipeline_overrides(self, cfg: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
         """Components to load differently from the checkpoint's defaults (e.g. Wan's float32 VAE).
