@@ -250,3 +250,21 @@ def test_peak_host_memory_is_measured():
     block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB touched
     assert peak_rss_gb() >= before and peak_rss_gb() > 0.06
     del block
+
+
+# --------------------------------------------------------------------------- the one-shot GPU check
+
+
+def test_gpu_check_runs_its_steps_on_the_cpu(python):
+    """scripts/gpu_check.py --cpu-smoke: every step that needs no GPU runs and prints one line."""
+    import subprocess
+
+    from tests.conftest import cli_env
+
+    r = subprocess.run([python, "scripts/gpu_check.py", "--cpu-smoke"], cwd=ROOT, env=cli_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.split(" ", 1)[0] in ("PASS", "FAIL", "SKIP")]
+    steps = [line.split(" ", 2)[1].rstrip(":") for line in lines]
+    assert steps == ["environment", "nccl", "bf16-matmul", "defaults", "cuda-tests", "flux-mid", "gpu_check"]
+    assert "hardware=auto: " in r.stdout and "per sample" in r.stdout and "ms per round" in r.stdout
