@@ -30,6 +30,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def stand_in_gpus(monkeypatch, n: int) -> None:
+    """Make torch report ``n`` CUDA GPUs (for config resolution only: nothing may run on them)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stand-in GPU")
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from chords.runner import run, summary_table
-from tests.conftest import ROOT, compose
+from tests.conftest import ROOT, compose, stand_in_gpus
 from tests.foreign_device import OnDevice, on_device
 
 
@@ -48,19 +48,13 @@ def test_outputs_on_the_device_reach_the_summary_quality_and_grid(tmp_path, monk
 # --------------------------------------------------------------------------- what hardware=auto picks
 
 
-def _gpus(monkeypatch, n: int) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stand-in GPU")
-
-
 @pytest.mark.parametrize("gpus, name, world", [(1, "batched", 1), (2, "gpu", 2), (3, "gpu", 3), (8, "gpu", 4)])
 def test_auto_spreads_the_default_cores_over_the_gpus_present(monkeypatch, gpus, name, world):
     """The default command (ngpu=4, K=4, hardware=auto) on 1-3 GPUs used to be a config error."""
     from chords.config import validate
 
     monkeypatch.chdir(ROOT)
-    _gpus(monkeypatch, gpus)
+    stand_in_gpus(monkeypatch, gpus)
     cfg = compose([])
     spec = validate(cfg, check_output=False)
     assert (cfg.hardware.name, cfg.hardware.device, spec.world_size, spec.algorithm.num_cores) == (name, "cuda", world, 4)
@@ -73,7 +67,7 @@ def test_an_explicit_gpu_choice_still_refuses_too_many_gpus(monkeypatch):
     from chords.config import ConfigError, validate
 
     monkeypatch.chdir(ROOT)
-    _gpus(monkeypatch, 2)
+    stand_in_gpus(monkeypatch, 2)
     with pytest.raises(ConfigError, match="ngpu 4 needs 4 GPUs"):
         validate(compose(["hardware=gpu"]), check_output=False)
 
@@ -82,7 +76,7 @@ def test_auto_refuses_a_real_model_without_a_gpu_but_an_explicit_choice_runs_it(
     from chords.config import ConfigError, validate
 
     monkeypatch.chdir(ROOT)
-    _gpus(monkeypatch, 0)
+    stand_in_gpus(monkeypatch, 0)
     with pytest.raises(ConfigError, match=r"model=flux needs a GPU but none is usable \(torch .*\): .*hardware=cpu"):
         validate(compose(["model=flux"]), check_output=False, check_weights=False)
     for hw in ("hardware=cpu", "hardware=local"):

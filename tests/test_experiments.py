@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from chords.config import CONFIG_DIR, ConfigError, expand_overrides, precheck_argv, validate
 from chords.rundir import is_complete
-from tests.conftest import ROOT, cli_env
+from tests.conftest import ROOT, cli_env, stand_in_gpus
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 PAPER = {"table1", "table2", "table3", "table4", "fig4", "fig5"}
@@ -22,7 +22,8 @@ def test_one_experiment_per_paper_table_and_figure():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_every_job_validates(name, tmp_path):
+def test_experiment_composes_and_every_job_validates(name, tmp_path, monkeypatch):
+    stand_in_gpus(monkeypatch, 8)  # as on the 8-GPU node the paper's experiments run on (hardware=auto -> gpu)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat wearing sunglasses at a pool\n")
     jobs = expand_overrides([f"+experiment={name}", f"prompt_file={prompts}"], "base")
