@@ -385,7 +385,7 @@ class _Session:
         encode_s = clock.elapsed()
         if self.warmup is None:
             self.warmup = warm_up(self.backend, enc, spec.algorithm.num_cores, clock)
-            log.info("warm-up forward (%d state(s)): %.3fs", self.warmup["states"], self.warmup["seconds"])
+            log.info("warm-up rounds of %s state(s): %.3fs", self.warmup["batch_sizes"], self.warmup["seconds"])
         if job.folder in locks:
             clean_partial(job.folder)
             ctx = RunContext(job.identity, self.algo_cfg, str(cfg.hardware.name), self.backend.world_size,
@@ -452,7 +452,7 @@ class _Session:
             encs.append((enc, clock.elapsed()))
         if self.warmup is None:
             self.warmup = warm_up(self.backend, encs[0][0], self.spec.algorithm.num_cores, clock)
-            log.info("warm-up forward (%d state(s)): %.3fs", self.warmup["states"], self.warmup["seconds"])
+            log.info("warm-up rounds of %s state(s): %.3fs", self.warmup["batch_sizes"], self.warmup["seconds"])
         for rank, (enc, _) in enumerate(encs[1:], start=1):
             self.backend.start_sequential(rank, enc.x0, enc.cond, enc.step, enc.num_steps)
         names = device_names(self.device, self.backend.world_size)

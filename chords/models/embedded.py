@@ -159,7 +159,7 @@ class _EmbeddedDiT(Adapter):
         meta = {"embedded": self.cfg.get("model_name"), "guidance_scale": self.guidance, **meta}
         # whether guidance applies is decided here, on the host, once per prompt: a 0-d flag stays on
         # the host on every rank (chords.models.base.cond_to), so a forward never waits for the GPU
-        guided = self.guidance != 1.0 and bool((lab != self.null.cpu()).any())
+        guided = self.guidance != 1.0 and any(v >= 0 for v in labels)  # a label other than the null one
         return Encoded(x0, {"labels": lab, "sigmas": sig, "guided": torch.tensor(guided)}, step, step.num_steps, meta)
 
     @torch.no_grad()
