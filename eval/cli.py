@@ -425,9 +425,9 @@ def run_eval(cfg: dict) -> EvalResult:
     from . import tables as T
     from . import whatif as W
     from .clip_score import ClipConfigError, ClipWeightsMissing, locate_weights
-    from .embedded_quality import add_frechet
+    from .embedded_quality import add_frechet, report_small_frechet
     from .embedded_quality import score_runs as score_embedded
-    from .metrics import run_rows, summarize
+    from .metrics import paired_comparisons, run_rows, summarize
     from .runs import Problems, assign_labels, load_runs, pair_references
     from .vbench_quality import (QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, prompts_by_dimension,
                                  quality_score)
@@ -556,6 +556,7 @@ def run_eval(cfg: dict) -> EvalResult:
 
         summaries = {label: cell_summary(label) for label in views}
         summary = summaries[rule_of["default"].label]
+        report_small_frechet(summary, problems, T.FRECHET_MIN_N)
         for _, row in summary.iterrows():
             if "," in str(row.get("hardware", "")):
                 problems.report(
@@ -566,8 +567,15 @@ def run_eval(cfg: dict) -> EvalResult:
         df.to_csv(out / "runs.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)
         files += [out / "runs.csv", out / "summary.csv"]
+        default_rows = df[df["run"].isin({str(r.key) for r in views[rule_of["default"].label]})] if not df.empty else df
+        comparisons = paired_comparisons(default_rows, quality_cols, ci["level"], ci["resamples"], ci["seed"])
+        if not comparisons.empty:
+            comparisons.to_csv(out / "comparisons.csv", index=False)
+            files.append(out / "comparisons.csv")
         if not summary.empty:
-            (out / "summary.md").write_text(summary.to_markdown(index=False) + "\n", encoding="utf-8")
+            (out / "summary.md").write_text(
+                T.summary_markdown(summary, quality_cols, cfg.get("decimals") or {}, ci["level"], comparisons),
+                encoding="utf-8")
             files.append(out / "summary.md")
         if trs:
             listed = W.expand_rules(stop["indices"], stop["thresholds"], stop["budgets"],
@@ -590,7 +598,8 @@ def run_eval(cfg: dict) -> EvalResult:
                                    (cfg.get("table4") or {}).get("algorithms"), ci["show"])
             for t in built.values():
                 if (summ["stop_rule"] == rule.label).any():
-                    used = {k: b for k, b in budgets.items() if k[0] in set(summ["model"])} if rule.auto else None
+                    cells = set(zip(summ["model"], summ["num_cores"].astype(int), summ["num_steps"].astype(int)))
+                    used = {k: b for k, b in budgets.items() if k in cells} if rule.auto else None
                     t.caption += (f" Stop rule for {', '.join(A.upper() if len(A) <= 6 else A for A in stop['algorithms'])} "
                                   f"runs that kept every hit: {rule.describe(used)} (what-if, eval/whatif.py).")
                 t.caption += f" Cells: mean [{100 * ci['level']:g}% CI] over prompts x seeds (n runs; {T.CI_NOTE})."
