@@ -75,6 +75,15 @@ def _job(cfg: DictConfig) -> None:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if outcomes:  # which run folders this job made or reused, for `python -m eval runs=[<its Hydra folder>]`
+        from chords.manifest import hydra_output_dir, manifest_record, write_manifest
+
+        where = hydra_output_dir()
+        if where is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            job = " ".join(HydraConfig.get().overrides.task)
+            write_manifest(where, manifest_record(outcomes, cfg.get("tag"), job))
     if cfg.get("summary", True) and outcomes:  # a torchrun worker rank has no outcomes and prints nothing
         print(summary_table(outcomes), flush=True)
     if cfg.get("grid", True):

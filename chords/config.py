@@ -115,6 +115,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("overwrite", "bool"),
     Setting("summary", "bool"),
     Setting("grid", "bool"),
+    Setting("tag", "text", null=True, note="names the job's runs for python -m eval tag=NAME"),
     Setting("model.model_name", "text"),
     Setting("model.adapter", "text", required=True, note="dotted path of an Adapter class"),
     Setting("model.num_inference_steps", "int", 1, MAX_STEPS, required=True, note="N; algo=chords needs N >= its cores"),

@@ -98,7 +98,11 @@ def validate(cfg: dict) -> dict:
     from .tables import FORMATS, TABLES
 
     if not cfg["runs"]:
-        raise UsageError("runs=[] : give one or more run folders or output roots, e.g. runs=[outputs] (or python -m eval outputs)")
+        raise UsageError("runs=[] : give one or more run folders, output roots or Hydra sweep folders, e.g. "
+                         "runs=[output_samples] (or python -m eval output_samples)")
+    tag = cfg.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip()):
+        raise UsageError(f"tag={tag!r}: accepted: null or the non-empty tag a run or sweep was given (tag=NAME)")
     for r in cfg["runs"]:
         if not Path(r).exists():
             raise UsageError(f"runs: {r!r} does not exist; give run folders, output roots or Hydra multirun folders")
@@ -428,12 +432,15 @@ def run_eval(cfg: dict) -> EvalResult:
     from .embedded_quality import add_frechet, report_small_frechet
     from .embedded_quality import score_runs as score_embedded
     from .metrics import paired_comparisons, run_rows, summarize
-    from .runs import Problems, assign_labels, load_runs, pair_references
+    from .runs import ManifestError, Problems, assign_labels, load_runs, pair_references
     from .vbench_quality import (QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, prompts_by_dimension,
                                  quality_score)
 
     problems = Problems()
-    runs = load_runs(cfg["runs"], problems)
+    try:
+        runs = load_runs(cfg["runs"], problems, cfg.get("tag"))
+    except ManifestError as e:
+        raise UsageError(str(e)) from None
     if not runs:
         raise UsageError(f"no run folders (with stats.json) found under runs={cfg['runs']}")
     flt = cfg.get("filter") or {}

@@ -8,9 +8,9 @@ there, so everything that run would report follows from the kept hits, bitwise:
 * ``core_index=I``: hit ``I`` (0 = the coarse shot, 1 = the fastest core, ...); a run with fewer
   hits has no such index (a real run refuses it) and is left out of that rule.
 * ``residual=T``: the first hit ``i >= 1`` with ``residual(h_i, h_{i-1}) < T``, else the last
-  hit; the residual is :func:`chords.core.residual` itself (``||a - b||_2 / numel``: the
-  difference in the latent's dtype, the norm in float64), on the saved latents, which are the
-  tensors the run held (same dtype, same values).
+  hit; the residual is :func:`chords.core.residual` itself (``||a - b||_2 / numel`` computed as
+  the official code does: the norm in the latent's dtype, then float64), on the saved latents,
+  which are the tensors the run held (same dtype, same values).
 * ``rmse=B``: the earliest hit whose latent RMSE against the sequential reference is ``<= B``,
   else the last hit (for CHORDS the last hit is the sequential solution). This is an *oracle*:
   it needs the sequential answer, so no deployed run can use it; it is the fair way to compare
