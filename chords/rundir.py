@@ -28,7 +28,7 @@ KEY_LEN = 10
 #: world size actually used is part of the hardware identity). Every other top-level key, and
 #: every key of the model, algo and hardware groups, is part of a run's identity.
 BOOKKEEPING_KEYS = frozenset({"prompt_file", "output_base_path", "reference", "overwrite", "summary", "grid", "ngpu", "hydra",
-                              "tag"})
+                              "tag", "prompt"})
 #: Groups that get their own entry in the identity.
 IDENTITY_GROUPS = ("model", "algo", "hardware")
 

@@ -56,6 +56,9 @@ def compose_config(argv: Sequence[str]) -> dict[str, Any]:
         raise UsageError(f"bad override: {msg[:300]} (see python -m eval --help)") from None
     finally:
         GlobalHydra.instance().clear()
+    unknown = _unknown_keys(data, _defaults())
+    if unknown:
+        raise UsageError(f"unknown key {unknown!r}: see python -m eval --help for the keys of configs/eval.yaml")
     runs = data.get("runs")
     if runs is None:
         runs = []
@@ -63,6 +66,44 @@ def compose_config(argv: Sequence[str]) -> dict[str, Any]:
         runs = [runs]
     data["runs"] = [str(r) for r in runs] + extra_runs
     return data
+
+
+def _defaults() -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml"), resolve=False)
+
+
+#: maps whose keys are names, not settings (checked by validate)
+_OPEN_MAPS = ("decimals",)
+
+
+def _unknown_keys(data: Any, defaults: Any, prefix: str = "") -> str | None:
+    """The first key of ``data`` that configs/eval.yaml does not have (``+foo=1`` adds any key)."""
+    if not isinstance(data, dict) or not isinstance(defaults, dict):
+        return None
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if k not in defaults:
+            return name
+        if name not in _OPEN_MAPS:
+            bad = _unknown_keys(v, defaults[k], f"{name}.")
+            if bad:
+                return bad
+    return None
+
+
+def _device_problem(key: str, value: Any) -> str | None:
+    """``auto`` or a device torch can name (cpu, cuda, cuda:1, mps, ...)."""
+    if value in (None, "auto"):
+        return None
+    import torch
+
+    try:
+        torch.device(str(value))
+    except (RuntimeError, ValueError):
+        return f"{key}={value!r}: accepted: auto, cpu, cuda, cuda:N (a device torch can name)"
+    return None
 
 
 def _names(cfg: dict, key: str, accepted: Sequence[str]) -> list[str]:
@@ -122,9 +163,30 @@ def validate(cfg: dict) -> dict:
     if conv.get("reference") not in ("last_hit", "sequential"):
         raise UsageError(f"convergence.reference={conv.get('reference')!r}: accepted: last_hit, sequential")
     dec = cfg.get("decimals") or {}
+    from .tables import LABELS
+
     for k, v in dec.items():
+        if k not in LABELS:
+            raise UsageError(f"decimals.{k}: unknown column; accepted: {', '.join(k for k in LABELS if k != 'n')}")
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 10:
             raise UsageError(f"decimals.{k}={v!r}: accepted: an integer 0..10")
+    t4 = cfg.get("table4") or {}
+    known_algs = ("sequential", "chords", "paradigms", "srds")
+    algs = t4.get("algorithms")
+    algs = [algs] if isinstance(algs, str) else list(algs or [])
+    for a in algs:
+        if str(a).lower() not in known_algs:
+            raise UsageError(f"table4.algorithms: unknown {str(a)!r}; accepted: {', '.join(known_algs)}")
+    if not isinstance(cfg.get("cache", True), bool):
+        raise UsageError(f"cache={cfg.get('cache')!r}: accepted: true, false")
+    for key in ("clip", "vbench"):
+        for flag in ("enabled", "allow_partial"):
+            v = (cfg.get(key) or {}).get(flag, False)
+            if not isinstance(v, bool):
+                raise UsageError(f"{key}.{flag}={v!r}: accepted: true, false")
+        problem = _device_problem(f"{key}.device", (cfg.get(key) or {}).get("device"))
+        if problem:
+            raise UsageError(problem)
     flt = cfg.get("filter") or {}
     for key in ("models", "methods", "num_cores"):
         v = flt.get(key)
