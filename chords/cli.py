@@ -93,14 +93,85 @@ def _job(cfg: DictConfig) -> None:
             print(f"grid: {path}", flush=True)
 
 
+DRY_RUN = ("--dry-run", "dry_run=true", "dry_run=True")
+
+
+def dry_run(argv: list[str], config_name: str = "base") -> str:
+    """What ``argv`` would run, without loading a model: one line per job (its overrides, run
+    folders to make and to reuse), the totals, and a time estimate from the finished runs of the
+    same model and step count in the output tree (sampling seconds per round, measured)."""
+    import json
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from chords.config import CONFIG_DIR, expand_overrides, validate
+    from chords.rundir import is_complete
+    from chords.runner import plan_jobs
+
+    overrides, _ = split_argv(argv)
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    lines, make, reuse, rounds_to_make = [], 0, 0, {}
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        jobs = expand_overrides(overrides, config_name, multirun)
+        seen: set[Path] = set()
+        for i, job in enumerate(jobs):
+            cfg = compose(config_name=config_name, overrides=job)
+            spec = validate(cfg, check_output=False, check_weights=False)
+            new = old = 0
+            for j in plan_jobs(cfg, spec):
+                for folder, rounds in ((j.folder, spec.num_steps), (j.ref, spec.num_steps)):
+                    if folder is None or folder in seen:
+                        continue
+                    seen.add(folder)
+                    if is_complete(folder) and not cfg.overwrite:
+                        old += 1
+                    else:
+                        new += 1
+                        key = (Path(cfg.output_base_path), str(cfg.model.model_name), spec.num_steps)
+                        rounds_to_make[key] = rounds_to_make.get(key, 0) + rounds
+            make, reuse = make + new, reuse + old
+            lines.append(f"job {i}: {' '.join(job) or '(defaults)'}: {new} run(s) to make, {old} to reuse")
+    seconds, unknown = 0.0, []
+    for (base, model, n), rounds in sorted(rounds_to_make.items()):
+        per_round = []
+        for stats in list((base / model).glob("*/*/stats.json"))[:200]:
+            try:
+                st = json.loads(stats.read_text(encoding="utf-8"))
+                if st.get("num_steps") == n and st.get("rounds"):
+                    per_round.append(float(st["timing"]["sample_s"]) / float(st["rounds"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        if per_round:
+            per_round.sort()
+            seconds += rounds * per_round[len(per_round) // 2]
+        else:
+            unknown.append(f"{model} N={n}")
+    lines.append(f"{len(jobs)} job(s): {make} run folder(s) to make, {reuse} to reuse (nothing sampled: dry run)")
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    est = f"about {took} of sampling (at most: every run counted at N rounds), from the median " \
+          f"seconds per round of the finished runs of the same model and N" if seconds else ""
+    if unknown:
+        est += ("; " if est else "") + f"no estimate for {', '.join(unknown)} (no finished runs of it in the output tree yet)"
+    if make:
+        lines.append(est)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     previous = install_signal_handlers()
     try:
         try:
+            dry = [a for a in argv if a in DRY_RUN or a in ("dry_run=false", "dry_run=False")]
+            argv = [a for a in argv if a not in dry]
             _, flags = split_argv(argv)
             if not any(f.partition("=")[0] in INFORMATIONAL for f in flags):
                 precheck_argv(argv)
+            if any(a in DRY_RUN for a in dry):
+                print(dry_run(argv), flush=True)
+                sys.exit(0)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

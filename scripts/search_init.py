@@ -2,7 +2,7 @@
 """Search CHORDS initialization sequences for a model, K, N and a quality budget.
 
     python scripts/search_init.py --model digits --cores 8 --steps 50
-    python scripts/search_init.py --model digits --cores 4 --budget 0.05 --objective index --out docs/results/search_k4.md
+    python scripts/search_init.py --model digits --cores 4 --budget 0.05 --objective index --out search/digits_k4.md
     python scripts/search_init.py --model gaussian --cores 4 --steps 20 --select-seeds 0-3 --report-seeds 4-7
 
 Candidates: Theorem 2.5's family (``chords.chords.init_sequence`` for a grid of speedups), uniform
@@ -414,7 +414,7 @@ def search(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--model", default="digits", help="a configs/model name (default digits)")
     ap.add_argument("--cores", type=int, default=8, help="K (default 8)")
     ap.add_argument("--steps", type=int, default=50, help="N (default 50)")
