@@ -29,3 +29,28 @@ def test_dry_run_counts_runs_to_make_and_reuse_and_samples_nothing(tmp_path, cap
         main([*base, "ngpu=4", "--dry-run"])
     assert e.value.code == 0 and "1 job(s): 2 run folder(s) to make, 2 to reuse" in capsys.readouterr().out
     assert len(list(out.glob("gaussian/*/*"))) == 4  # nothing new was written
+
+
+def test_sweep_jobs_get_their_own_labelled_grid_and_the_table_names_its_stop_rule(tmp_path):
+    from PIL import Image
+
+    from chords.cli import _varying_keys, stop_rule_line
+    from chords.config import validate
+    from chords.grid import write_job_grids
+    from chords.runner import run
+    from tests.conftest import compose
+
+    assert _varying_keys(["-m", "model=gaussian", "model.seed=0,1", "ngpu=2"]) == ["model.seed"]
+    assert _varying_keys(["model=gaussian"]) == []
+    cfg = compose(["model=gaussian", "hardware=local", "ngpu=2", "model.num_inference_steps=6", "prompt=a 3",
+                   f"output_base_path={tmp_path}", "algo.stopping_kwargs.criterion=none"])
+    outcomes = run(cfg, validate(cfg))
+    (plain,) = write_job_grids(outcomes)
+    (job,) = write_job_grids(outcomes, "grid-job1", "job 1: model.seed=1")
+    assert plain.name == "grid.png" and job.name == "grid-job1.png" and plain.parent == job.parent
+    assert Image.open(job).size[1] > Image.open(plain).size[1]  # the label's band on top
+    line = stop_rule_line(cfg)
+    assert "the last hit" in line and "criterion=none" in line and "1.00x by construction" in line
+    assert "hit 1 (stop rule: core_index=1" in stop_rule_line(compose(["model=gaussian"]))
+    assert "residual" in stop_rule_line(compose(["model=gaussian", "algo.stopping_kwargs.criterion=residual"]))
+    assert "ParaDIGMS" in stop_rule_line(compose(["model=gaussian", "algo=paradigms"]))
