@@ -59,7 +59,7 @@ class Setting:
     """One setting's type and range; :meth:`problem` checks a value, :meth:`accepted` says what passes."""
 
     key: str
-    kind: str  # "bool" | "int" | "number" | "text"
+    kind: str  # "bool" | "int" | "number" | "text" | "texts" (a string or a list of strings)
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False  # lo itself is refused
@@ -72,6 +72,8 @@ class Setting:
             text = "true or false"
         elif self.kind == "text":
             text = "a non-empty string"
+        elif self.kind == "texts":
+            text = "a non-empty string or a list of them"
         else:
             noun = "an integer" if self.kind == "int" else "a finite number"
             if self.lo is not None and self.hi is not None and not self.lo_open:
@@ -93,6 +95,9 @@ class Setting:
             ok = isinstance(value, bool)
         elif self.kind == "text":
             ok = isinstance(value, str) and value.strip() != ""
+        elif self.kind == "texts":
+            items = [value] if isinstance(value, str) else list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [None]
+            ok = bool(items) and all(isinstance(v, str) and v.strip() != "" for v in items)
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             ok = False
         elif self.kind == "int" and not isinstance(value, int):
@@ -109,12 +114,14 @@ class Setting:
 #: Every typed setting. Model keys are checked when the chosen model has them.
 SETTINGS: tuple[Setting, ...] = (
     Setting("prompt_file", "text", note="a UTF-8 file, one prompt per line"),
+    Setting("prompt", "texts", null=True, note='inline prompts, sampled instead of prompt_file: prompt="a 7" or prompt=["a 3","a 7"]'),
     Setting("output_base_path", "text", note="a folder this process can create files in"),
     Setting("ngpu", "int", 1, MAX_CORES, note="processes or GPUs; algo.num_cores follows it"),
     Setting("reference", "bool"),
     Setting("overwrite", "bool"),
     Setting("summary", "bool"),
     Setting("grid", "bool"),
+    Setting("tag", "text", null=True, note="names the job's runs for python -m eval tag=NAME"),
     Setting("model.model_name", "text"),
     Setting("model.adapter", "text", required=True, note="dotted path of an Adapter class"),
     Setting("model.num_inference_steps", "int", 1, MAX_STEPS, required=True, note="N; algo=chords needs N >= its cores"),
@@ -226,6 +233,27 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     if len(distinct) < len(prompts):
         _report_duplicates(p, prompts, distinct)
     return distinct
+
+
+def inline_prompts(value: Any) -> list[str] | None:
+    """``prompt=``: None (read prompt_file), or the prompts given (a string or a list), stripped and
+    deduplicated in order (the type was checked by :data:`SETTINGS`)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else [str(v) for v in value]
+    return list(dict.fromkeys(v.strip() for v in items))
+
+
+def _per_prompt_check(model: DictConfig, adapter_cls: type) -> None:
+    """``model.num_images_per_prompt`` / ``num_videos_per_prompt`` above 1 only where the adapter
+    samples several per prompt (a diffusers pipeline's batch: ``per_prompt``); elsewhere it would
+    change the run folder and still make one sample."""
+    for key in ("num_images_per_prompt", "num_videos_per_prompt"):
+        n = model.get(key, 1)
+        if n != 1 and not hasattr(adapter_cls, "per_prompt"):
+            raise ConfigError(
+                f"model.{key} {n!r} is not supported by model {model.get('model_name')!r}: it samples one "
+                f"{'video' if 'videos' in key else 'image'} per prompt and seed (sweep model.seed=0,1,... for more); use 1")
 
 
 _DUPLICATES_REPORTED: set[tuple[str, int]] = set()
@@ -511,7 +539,8 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
         raise ConfigError(msg if msg.startswith(("stop", "residual")) else f"algo.{msg}") from None
 
     ws = world_size(cfg, algorithm.num_cores, core_key, fit_gpus=chosen_by_auto)
-    prompts = read_prompts(cfg.prompt_file)
+    prompts = inline_prompts(cfg.get("prompt")) or read_prompts(cfg.prompt_file)
+    _per_prompt_check(model, adapter_cls)
     missing = adapter_cls.missing_weights(model) if check_weights else None
     if missing:
         raise ConfigError(missing)
@@ -588,8 +617,12 @@ def nearest_key(key: str, keys: Collection[str]) -> str | None:
     return by_leaf[close[0]] if close else None
 
 
-def _unknown_key_problem(job: list[str], config_name: str) -> str | None:
-    """The first override that sets a key the composed config does not have, with the nearest valid key."""
+def _unknown_key_problem(job: list[str], config_name: str, added: bool = False) -> str | None:
+    """The first override that sets a key the composed config does not have, with the nearest valid key.
+
+    ``added``: also the ``+key=value`` / ``++key=value`` overrides (config groups such as
+    ``+experiment=`` aside): Hydra adds any key that way, and a key no code reads would silently
+    change nothing but the run folder's name."""
     from hydra import compose
 
     choices = [o for o in job if o.lstrip("+~").partition("=")[0].partition("@")[0] in GROUPS]
@@ -599,10 +632,12 @@ def _unknown_key_problem(job: list[str], config_name: str) -> str | None:
         return None
     keys = {k for k, _ in _leaves(OmegaConf.to_container(base, resolve=False))}
     for o in job:
-        if o.startswith("+") or o in choices:
+        if (o.startswith("+") and not added) or o in choices:
             continue
-        key = o.lstrip("~").partition("=")[0]
+        key = o.lstrip("~+").partition("=")[0]
         if key in keys:
+            if o.startswith("+") and not o.startswith("++"):
+                return f"{key!r} is a setting already: write {o.lstrip('+')!r} (a '+' adds a new key)"
             continue
         near = nearest_key(key, keys)
         hint = f"did you mean {near}?" if near else "see docs/config_ranges.md for the settings"
@@ -681,7 +716,7 @@ def precheck_argv(argv: list[str], config_name: str = "base") -> None:
         except OverrideParseException as e:
             raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
         except (HydraException, OmegaConfBaseException) as e:
-            problem = _group_choice_problem(overrides) or _unknown_key_problem(overrides, config_name)
+            problem = _group_choice_problem(overrides) or _unknown_key_problem(overrides, config_name, added=True)
             raise ConfigError(problem or _explain_compose_error(e, overrides)) from None
         for job in jobs:
             problem = _group_choice_problem(job)
@@ -690,8 +725,12 @@ def precheck_argv(argv: list[str], config_name: str = "base") -> None:
             try:
                 cfg = compose(config_name=config_name, overrides=job)
             except (HydraException, OmegaConfBaseException) as e:
-                problem = _unknown_key_problem(job, config_name)
+                problem = _unknown_key_problem(job, config_name, added=True)
                 raise ConfigError(problem or _explain_compose_error(e, job)) from None
+            if any(o.startswith("+") for o in job):  # "+key=..." adds keys Hydra never checks: nothing reads them
+                problem = _unknown_key_problem(job, config_name, added=True)
+                if problem:
+                    raise ConfigError(problem)
             validate(cfg, typed=_typed_keys(job))
 
 

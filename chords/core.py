@@ -110,9 +110,14 @@ class CoreIndex:
         return len(hits) > self.index
 
 
-def residual(a: Tensor, b: Tensor) -> float:
-    """The official CHORDS residual: ``||a - b||_2 / numel`` (computed in float64)."""
-    return torch.linalg.vector_norm((a - b).double()).item() / a.numel()
+def residual(a: Tensor, b: Tensor, precise: bool = False) -> float:
+    """The official CHORDS residual ``||a - b||_2 / numel``, computed as the official code does:
+    ``torch.linalg.norm(a - b)`` in the hits' dtype (a bf16 norm is rounded to bf16), then
+    ``.double()``. ``precise=True`` takes the norm of the difference in float64 instead (a more
+    accurate variant; in bf16 it can stop at another hit than the official code)."""
+    d = a - b
+    norm = torch.linalg.vector_norm(d.double()) if precise else torch.linalg.norm(d).double()
+    return norm.item() / a.numel()
 
 
 @dataclass(frozen=True)
@@ -120,13 +125,14 @@ class Residual:
     """Stop when two consecutive hits differ by less than ``threshold`` (official rule)."""
 
     threshold: float = 4e-4
+    precise: bool = False  # True: the norm in float64 (see residual); the default is the official arithmetic
 
     def check(self, algorithm: Algorithm, num_steps: int) -> None:
         if not self.threshold >= 0:
             raise ValueError(f"residual threshold {self.threshold!r} is invalid: it must be a number >= 0")
 
     def should_stop(self, hits: list[Hit]) -> bool:
-        return len(hits) >= 2 and residual(hits[-1].x, hits[-2].x) < self.threshold
+        return len(hits) >= 2 and residual(hits[-1].x, hits[-2].x, self.precise) < self.threshold
 
 
 def check_positive_int(name: str, value: object) -> None:

@@ -93,8 +93,9 @@ def _strip(frames: Sequence[np.ndarray], height: int) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
-def _compose(rows: list[tuple[list[Cell], str]], frame: int | None) -> Image.Image:
-    """frame=None: film strips (PNG of a video) or single images; else that frame of every clip."""
+def _compose(rows: list[tuple[list[Cell], str]], frame: int | None, label: str | None = None) -> Image.Image:
+    """frame=None: film strips (PNG of a video) or single images; else that frame of every clip.
+    ``label``: a line on top (a sweep job's settings)."""
     def pic(c: Cell) -> np.ndarray:
         if frame is None and len(c.frames) > 1:
             return _strip(c.frames, VIDEO_FRAME)
@@ -106,10 +107,13 @@ def _compose(rows: list[tuple[list[Cell], str]], frame: int | None) -> Image.Ima
     col_w = [max((p[j].shape[1] for p in pics if j < len(p)), default=0) for j in range(ncol)]
     row_h = [max(x.shape[0] for x in p) if p else 0 for p in pics]
     width = LABEL_W + sum(w + PAD for w in col_w) + PAD
-    height = HEAD_H + sum(h + HEAD_H + PAD for h in row_h) + PAD
+    top = HEAD_H + PAD if label else 0
+    height = top + HEAD_H + sum(h + HEAD_H + PAD for h in row_h) + PAD
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    y = PAD
+    if label:
+        draw.text((PAD, PAD), label, fill=(0, 0, 0))
+    y = PAD + top
     for (cells, prompt), p, h in zip(rows, pics, row_h):
         x = LABEL_W
         for j, (c, img) in enumerate(zip(cells, p)):
@@ -122,8 +126,10 @@ def _compose(rows: list[tuple[list[Cell], str]], frame: int | None) -> Image.Ima
     return canvas
 
 
-def write_grid(pairs: Iterable[tuple[Path, Path | None]], out_dir: Path) -> list[Path]:
-    """grid.png (and grid.mp4 for videos) in ``out_dir`` from (run folder, reference folder) pairs."""
+def write_grid(pairs: Iterable[tuple[Path, Path | None]], out_dir: Path, name: str = "grid",
+               label: str | None = None) -> list[Path]:
+    """``{name}.png`` (and ``{name}.mp4`` for videos) in ``out_dir`` from (run folder, reference
+    folder) pairs, with ``label`` on top when given."""
     rows, fps = [], 8.0
     for main, ref in pairs:
         try:
@@ -136,22 +142,24 @@ def write_grid(pairs: Iterable[tuple[Path, Path | None]], out_dir: Path) -> list
     if not rows:
         return []
     out_dir = Path(out_dir)
-    written = [out_dir / "grid.png"]
-    _compose(rows, None).save(written[0])
+    written = [out_dir / f"{name}.png"]
+    _compose(rows, None, label).save(written[0])
     frames = max(len(c.frames) for cells, _ in rows for c in cells)
     if frames > 1:
         import imageio.v2 as imageio
 
-        path = out_dir / "grid.mp4"
+        path = out_dir / f"{name}.mp4"
         with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=8, macro_block_size=16) as w:
             for f in range(frames):
-                w.append_data(np.asarray(_compose(rows, f)))
+                w.append_data(np.asarray(_compose(rows, f, label)))
         written.append(path)
     return written
 
 
-def write_job_grids(outcomes: Iterable[tuple[Any, Any]]) -> list[Path]:
-    """The grids of a job's outcomes (runner.Outcome pairs), one per algorithm-setting folder."""
+def write_job_grids(outcomes: Iterable[tuple[Any, Any]], name: str = "grid", label: str | None = None) -> list[Path]:
+    """The grids of a job's outcomes (runner.Outcome pairs), one per algorithm-setting folder.
+    Each job of a sweep writes its own (``name`` = ``grid-job{N}``, ``label`` = its overrides),
+    so a seed sweep's jobs no longer overwrite one ``grid.png``."""
     groups: dict[Path, list[tuple[Path, Path | None]]] = {}
     for main, ref in outcomes:
         if ref is None:
@@ -159,5 +167,5 @@ def write_job_grids(outcomes: Iterable[tuple[Any, Any]]) -> list[Path]:
         groups.setdefault(Path(main.folder).parent, []).append((Path(main.folder), Path(ref.folder)))
     written: list[Path] = []
     for folder, pairs in groups.items():
-        written += write_grid(pairs, folder)
+        written += write_grid(pairs, folder, name, label)
     return written

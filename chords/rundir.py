@@ -27,7 +27,8 @@ KEY_LEN = 10
 #: where folders go, whether to print or recompute, how many processes to start (``ngpu``; the
 #: world size actually used is part of the hardware identity). Every other top-level key, and
 #: every key of the model, algo and hardware groups, is part of a run's identity.
-BOOKKEEPING_KEYS = frozenset({"prompt_file", "output_base_path", "reference", "overwrite", "summary", "grid", "ngpu", "hydra"})
+BOOKKEEPING_KEYS = frozenset({"prompt_file", "output_base_path", "reference", "overwrite", "summary", "grid", "ngpu", "hydra",
+                              "tag", "prompt"})
 #: Groups that get their own entry in the identity.
 IDENTITY_GROUPS = ("model", "algo", "hardware")
 

@@ -470,6 +470,25 @@ class _Session:
             log.info("%s: sequential reference on rank %d, %.2fs -> %s", job.prompt[:60], rank, got["sample_s"], job.ref)
 
 
+def plan_jobs(cfg: DictConfig, spec: RunSpec) -> list[Job]:
+    """One Job per prompt: its run folder and, with ``reference``, its sequential reference's
+    (what :func:`run` samples or skips; ``dry_run`` lists them without sampling)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    algo_cfg = _resolved_algo(cfg, spec)
+    want_ref = bool(cfg.get("reference", False)) and algo_cfg["algo_name"] != "sequential"
+    base = Path(cfg.output_base_path)
+    ref_hw = reference_hardware(cfg)
+    jobs = []
+    for prompt in spec.prompts:
+        ident = run_identity(config, prompt, algo_cfg, config["hardware"], spec.world_size)
+        job = Job(prompt, run_folder(base, cfg.model.model_name, spec.algo_tag, ident), ident)
+        if want_ref:
+            job.ref_identity = run_identity(config, prompt, reference_algo(), ref_hw, 1)
+            job.ref = run_folder(base, cfg.model.model_name, "sequential", job.ref_identity)
+        jobs.append(job)
+    return jobs
+
+
 def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Outcome | None]]:
     """Run every prompt; return (outcome, sequential reference or None) per prompt.
 
@@ -481,21 +500,10 @@ def run(cfg: DictConfig, spec: RunSpec | None = None) -> list[tuple[Outcome, Out
     if cfg.hardware.get("launcher", "spawn") == "torchrun" and (torchrun_env() or {}).get("rank", 0) != 0:
         serve_rank(cfg, spec)  # a torchrun worker rank: serve rank 0's rounds, write nothing
         return []
-    config = OmegaConf.to_container(cfg, resolve=True)
     algo_cfg = _resolved_algo(cfg, spec)
     seq_cfg = reference_algo()
     want_ref = bool(cfg.get("reference", False)) and algo_cfg["algo_name"] != "sequential"
-    base = Path(cfg.output_base_path)
-    ref_hw = reference_hardware(cfg)
-
-    jobs = []
-    for prompt in spec.prompts:
-        ident = run_identity(config, prompt, algo_cfg, config["hardware"], spec.world_size)
-        job = Job(prompt, run_folder(base, cfg.model.model_name, spec.algo_tag, ident), ident)
-        if want_ref:
-            job.ref_identity = run_identity(config, prompt, seq_cfg, ref_hw, 1)
-            job.ref = run_folder(base, cfg.model.model_name, "sequential", job.ref_identity)
-        jobs.append(job)
+    jobs = plan_jobs(cfg, spec)
     pending = [j for j in jobs if any(cfg.overwrite or not is_complete(f) for f in j.folders())]
     log.info("%d prompt(s), %d to sample (%s, %s, K=%d, N=%d)", len(jobs), len(pending), cfg.model.model_name,
              spec.algo_tag, spec.algorithm.num_cores, spec.num_steps)

@@ -159,6 +159,13 @@ class DDIMStep:
     ``precision``: ``"model"`` computes as ``CogVideoXDDIMScheduler.step`` (alphas as 0-d CPU
     tensors in ``alphas_cumprod``'s own dtype, PyTorch's promotion for each operation), ``"float32"`` upcasts
     everything to float32 first; both return the state's dtype (module docstring).
+
+    ``variance_final_alpha_cumprod``: the alpha-bar that ParaDIGMS' error scale
+    (:attr:`noise_variance`) takes past the last timestep; None = ``final_alpha_cumprod``.
+    diffusers' ParaDIGMS pipeline differs from its own sequential step there: its
+    ``batch_step_no_noise`` always steps onto alpha-bar 1, while ``_get_variance`` uses the
+    scheduler's ``final_alpha_cumprod`` (``alphas_cumprod[0]`` with ``set_alpha_to_one=False``, SD
+    1.x's setting). :meth:`for_paradigms_pipeline` builds that pair from a scheduler.
     """
 
     alphas_cumprod: Tensor
@@ -166,7 +173,16 @@ class DDIMStep:
     prediction_type: str = "epsilon"
     final_alpha_cumprod: float = 1.0
     precision: str = "model"
+    variance_final_alpha_cumprod: float | None = None
     _by_dtype: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def for_paradigms_pipeline(cls, scheduler, **kwargs) -> "DDIMStep":
+        """The grid of diffusers' ``StableDiffusionParadigmsPipeline`` with this
+        ``DDIMParallelScheduler``: steps onto alpha-bar 1 after the last timestep
+        (``batch_step_no_noise``), the error scale there from ``scheduler.final_alpha_cumprod``."""
+        return cls(scheduler.alphas_cumprod, scheduler.timesteps, scheduler.config.prediction_type,
+                   final_alpha_cumprod=1.0, variance_final_alpha_cumprod=float(scheduler.final_alpha_cumprod), **kwargs)
 
     def __post_init__(self):
         _check_precision(self.precision)
@@ -226,9 +242,13 @@ class DDIMStep:
     def noise_variance(self) -> Tensor:
         """ParaDIGMS' scale at grid index ``j``: the DDPM posterior variance of the step *out of*
         ``j`` (to ``j + 1``), as diffusers' ``DDIMParallelScheduler._get_variance(timesteps[j])``;
-        0 at ``num_steps`` (data), and 0 at ``num_steps - 1`` when the final alpha-bar is 1.
+        0 at ``num_steps`` (data), and 0 at ``num_steps - 1`` when the final alpha-bar is 1 (the
+        final alpha-bar here is ``variance_final_alpha_cumprod`` when it is set).
         ParaDIGMS reads 0 as an infinite scale (the position must not change)."""
         a = self._alpha_grid  # increases from noise (index 0) to data (index num_steps)
+        if self.variance_final_alpha_cumprod is not None:
+            a = a.clone()
+            a[-1] = float(self.variance_final_alpha_cumprod)
         var = torch.zeros_like(a)
         # leaving index j for j + 1: (1 - a_{j+1}) / (1 - a_j) * (1 - a_j / a_{j+1})
         var[:-1] = (1 - a[1:]) / (1 - a[:-1]) * (1 - a[:-1] / a[1:])

@@ -56,6 +56,9 @@ def compose_config(argv: Sequence[str]) -> dict[str, Any]:
         raise UsageError(f"bad override: {msg[:300]} (see python -m eval --help)") from None
     finally:
         GlobalHydra.instance().clear()
+    unknown = _unknown_keys(data, _defaults())
+    if unknown:
+        raise UsageError(f"unknown key {unknown!r}: see python -m eval --help for the keys of configs/eval.yaml")
     runs = data.get("runs")
     if runs is None:
         runs = []
@@ -63,6 +66,44 @@ def compose_config(argv: Sequence[str]) -> dict[str, Any]:
         runs = [runs]
     data["runs"] = [str(r) for r in runs] + extra_runs
     return data
+
+
+def _defaults() -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml"), resolve=False)
+
+
+#: maps whose keys are names, not settings (checked by validate)
+_OPEN_MAPS = ("decimals",)
+
+
+def _unknown_keys(data: Any, defaults: Any, prefix: str = "") -> str | None:
+    """The first key of ``data`` that configs/eval.yaml does not have (``+foo=1`` adds any key)."""
+    if not isinstance(data, dict) or not isinstance(defaults, dict):
+        return None
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if k not in defaults:
+            return name
+        if name not in _OPEN_MAPS:
+            bad = _unknown_keys(v, defaults[k], f"{name}.")
+            if bad:
+                return bad
+    return None
+
+
+def _device_problem(key: str, value: Any) -> str | None:
+    """``auto`` or a device torch can name (cpu, cuda, cuda:1, mps, ...)."""
+    if value in (None, "auto"):
+        return None
+    import torch
+
+    try:
+        torch.device(str(value))
+    except (RuntimeError, ValueError):
+        return f"{key}={value!r}: accepted: auto, cpu, cuda, cuda:N (a device torch can name)"
+    return None
 
 
 def _names(cfg: dict, key: str, accepted: Sequence[str]) -> list[str]:
@@ -98,7 +139,11 @@ def validate(cfg: dict) -> dict:
     from .tables import FORMATS, TABLES
 
     if not cfg["runs"]:
-        raise UsageError("runs=[] : give one or more run folders or output roots, e.g. runs=[outputs] (or python -m eval outputs)")
+        raise UsageError("runs=[] : give one or more run folders, output roots or Hydra sweep folders, e.g. "
+                         "runs=[output_samples] (or python -m eval output_samples)")
+    tag = cfg.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip()):
+        raise UsageError(f"tag={tag!r}: accepted: null or the non-empty tag a run or sweep was given (tag=NAME)")
     for r in cfg["runs"]:
         if not Path(r).exists():
             raise UsageError(f"runs: {r!r} does not exist; give run folders, output roots or Hydra multirun folders")
@@ -118,9 +163,30 @@ def validate(cfg: dict) -> dict:
     if conv.get("reference") not in ("last_hit", "sequential"):
         raise UsageError(f"convergence.reference={conv.get('reference')!r}: accepted: last_hit, sequential")
     dec = cfg.get("decimals") or {}
+    from .tables import LABELS
+
     for k, v in dec.items():
+        if k not in LABELS:
+            raise UsageError(f"decimals.{k}: unknown column; accepted: {', '.join(k for k in LABELS if k != 'n')}")
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 10:
             raise UsageError(f"decimals.{k}={v!r}: accepted: an integer 0..10")
+    t4 = cfg.get("table4") or {}
+    known_algs = ("sequential", "chords", "paradigms", "srds")
+    algs = t4.get("algorithms")
+    algs = [algs] if isinstance(algs, str) else list(algs or [])
+    for a in algs:
+        if str(a).lower() not in known_algs:
+            raise UsageError(f"table4.algorithms: unknown {str(a)!r}; accepted: {', '.join(known_algs)}")
+    if not isinstance(cfg.get("cache", True), bool):
+        raise UsageError(f"cache={cfg.get('cache')!r}: accepted: true, false")
+    for key in ("clip", "vbench"):
+        for flag in ("enabled", "allow_partial"):
+            v = (cfg.get(key) or {}).get(flag, False)
+            if not isinstance(v, bool):
+                raise UsageError(f"{key}.{flag}={v!r}: accepted: true, false")
+        problem = _device_problem(f"{key}.device", (cfg.get(key) or {}).get("device"))
+        if problem:
+            raise UsageError(problem)
     flt = cfg.get("filter") or {}
     for key in ("models", "methods", "num_cores"):
         v = flt.get(key)
@@ -425,15 +491,18 @@ def run_eval(cfg: dict) -> EvalResult:
     from . import tables as T
     from . import whatif as W
     from .clip_score import ClipConfigError, ClipWeightsMissing, locate_weights
-    from .embedded_quality import add_frechet
+    from .embedded_quality import add_frechet, report_small_frechet
     from .embedded_quality import score_runs as score_embedded
-    from .metrics import run_rows, summarize
-    from .runs import Problems, assign_labels, load_runs, pair_references
+    from .metrics import paired_comparisons, run_rows, summarize
+    from .runs import ManifestError, Problems, assign_labels, load_runs, pair_references
     from .vbench_quality import (QUALITY_DIMENSIONS, VBenchUnavailable, column, preflight, prompts_by_dimension,
                                  quality_score)
 
     problems = Problems()
-    runs = load_runs(cfg["runs"], problems)
+    try:
+        runs = load_runs(cfg["runs"], problems, cfg.get("tag"))
+    except ManifestError as e:
+        raise UsageError(str(e)) from None
     if not runs:
         raise UsageError(f"no run folders (with stats.json) found under runs={cfg['runs']}")
     flt = cfg.get("filter") or {}
@@ -556,6 +625,7 @@ def run_eval(cfg: dict) -> EvalResult:
 
         summaries = {label: cell_summary(label) for label in views}
         summary = summaries[rule_of["default"].label]
+        report_small_frechet(summary, problems, T.FRECHET_MIN_N)
         for _, row in summary.iterrows():
             if "," in str(row.get("hardware", "")):
                 problems.report(
@@ -566,8 +636,15 @@ def run_eval(cfg: dict) -> EvalResult:
         df.to_csv(out / "runs.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)
         files += [out / "runs.csv", out / "summary.csv"]
+        default_rows = df[df["run"].isin({str(r.key) for r in views[rule_of["default"].label]})] if not df.empty else df
+        comparisons = paired_comparisons(default_rows, quality_cols, ci["level"], ci["resamples"], ci["seed"])
+        if not comparisons.empty:
+            comparisons.to_csv(out / "comparisons.csv", index=False)
+            files.append(out / "comparisons.csv")
         if not summary.empty:
-            (out / "summary.md").write_text(summary.to_markdown(index=False) + "\n", encoding="utf-8")
+            (out / "summary.md").write_text(
+                T.summary_markdown(summary, quality_cols, cfg.get("decimals") or {}, ci["level"], comparisons),
+                encoding="utf-8")
             files.append(out / "summary.md")
         if trs:
             listed = W.expand_rules(stop["indices"], stop["thresholds"], stop["budgets"],
@@ -590,7 +667,8 @@ def run_eval(cfg: dict) -> EvalResult:
                                    (cfg.get("table4") or {}).get("algorithms"), ci["show"])
             for t in built.values():
                 if (summ["stop_rule"] == rule.label).any():
-                    used = {k: b for k, b in budgets.items() if k[0] in set(summ["model"])} if rule.auto else None
+                    cells = set(zip(summ["model"], summ["num_cores"].astype(int), summ["num_steps"].astype(int)))
+                    used = {k: b for k, b in budgets.items() if k in cells} if rule.auto else None
                     t.caption += (f" Stop rule for {', '.join(A.upper() if len(A) <= 6 else A for A in stop['algorithms'])} "
                                   f"runs that kept every hit: {rule.describe(used)} (what-if, eval/whatif.py).")
                 t.caption += f" Cells: mean [{100 * ci['level']:g}% CI] over prompts x seeds (n runs; {T.CI_NOTE})."

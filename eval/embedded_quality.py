@@ -18,7 +18,8 @@ Per cell: ``frechet_distance`` (images, the FID analog): Fréchet distance betwe
 classifier features of the cell's outputs and held-out real digits with the same class mix
 (``chords.digitnet.reference_stats``), with ``n_frechet_distance`` samples. Like FID it is
 biased upwards for few samples: ``bench/bench_embedded.py --only fd`` measures a perfect
-sampler at several N (README, "Embedded models"); compare cells at equal N, 200 or more.
+sampler at several N (README, "Embedded models"); compare cells at equal N, 200 or more. Cells
+with fewer samples are flagged in the tables and listed in problems.txt.
 """
 from __future__ import annotations
 
@@ -126,6 +127,21 @@ def add_frechet(summary: pd.DataFrame, df: pd.DataFrame, scores: EmbeddedScores,
     summary["frechet_distance"] = [cells.get(k, (math.nan, 0))[0] for k in keys]
     summary["n_frechet_distance"] = [cells.get(k, (math.nan, 0))[1] for k in keys]
     return summary
+
+
+def report_small_frechet(summary: pd.DataFrame, problems: Problems, min_n: int) -> None:
+    """problems.txt names every cell whose Fréchet distance rests on fewer than ``min_n`` samples
+    (the tables flag those cells too: eval/tables.py)."""
+    if summary.empty or "frechet_distance" not in summary:
+        return
+    for _, row in summary.iterrows():
+        n = row.get("n_frechet_distance", 0)
+        if math.isfinite(row["frechet_distance"]) and n < min_n:
+            problems.report(
+                f"{row['model']} / {row['method']} / K={row['num_cores']} / N={row['num_steps']}: Fréchet distance from "
+                f"{int(n)} sample(s) (< {min_n}): biased upwards and too noisy to rank methods; flagged in the tables "
+                f"(sweep more prompts x seeds for {min_n} or more)"
+            )
 
 
 def quality_metrics(rows: pd.DataFrame, media: str, default: str) -> list[str]:

@@ -33,6 +33,9 @@ from chords.latents import l1_distance, latent_rmse  # noqa: F401  (one implemen
 from .runs import Problems, Run, RunError
 
 GROUP_KEYS = ["model", "media", "method", "num_cores", "num_steps"]
+#: the interval each per-run quality column gets in a cell (eval/stats.py): "binary" = Wilson
+#: (a 0/1 verdict per run), "nonneg" = bootstrap of the mean (a fraction per run); others Student-t
+INTERVAL_KIND = {"class_accuracy": "binary", "direction_accuracy": "binary", "frame_consistency": "nonneg"}
 
 
 DISTANCES = {"l1": l1_distance, "rmse": latent_rmse}
@@ -139,10 +142,12 @@ def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = (), level: float =
               seed: int = 0) -> pd.DataFrame:
     """One row per cell (model, media, method, num_cores, num_steps); see the module docstring.
 
-    Every mean has its ``{name}_lo`` / ``{name}_hi`` (the t-interval over the cell's runs at
-    ``level``), the speedups their bootstrap interval (eval/stats.py); ``n_*`` count the values.
+    Every mean has its ``{name}_lo`` / ``{name}_hi`` at ``level`` (eval/stats.py: bootstrap for
+    times, NFE, rounds, latent RMSE and the speedups, Wilson for 0/1 accuracies, Student-t for
+    CLIP / VBench scores); ``speedup_fixed`` says every paired run stopped at the same round (no
+    sampling variation: the schedule sets it); ``n_*`` count the values.
     """
-    from .stats import ratio_interval, t_interval
+    from .stats import interval, is_fixed, ratio_interval
 
     quality_cols = [c for c in quality_cols if c in df.columns]
     df = cell_rows(df)
@@ -167,6 +172,7 @@ def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = (), level: float =
             output_round=_mean(g["output_round"]),
             nfe=_mean(g["nfe"]),
             speedup=(_mean(paired["ref_rounds"]) / _mean(paired["output_round"])) if len(paired) else math.nan,
+            speedup_fixed=bool(len(paired)) and is_fixed(paired["ref_rounds"], paired["output_round"]),
             wall_speedup=(_mean(paired["ref_sample_s"]) / _mean(paired["sample_s"])) if len(paired) else math.nan,
             latent_rmse=_mean(paired["latent_rmse"]) if len(paired) else math.nan,
             n_rmse=int(pd.to_numeric(paired["latent_rmse"], errors="coerce").notna().sum()) if len(paired) else 0,
@@ -174,15 +180,55 @@ def summarize(df: pd.DataFrame, quality_cols: Iterable[str] = (), level: float =
         row["stop_rule"] = ",".join(sorted(set(g["stop_rule"]))) if "stop_rule" in g else "as_run"
         for name, col in (("time_sample_s", "sample_s"), ("time_total_s", "total_s"), ("nfe", "nfe"),
                           ("output_round", "output_round")):
-            _interval_cols(row, name, t_interval(pd.to_numeric(g[col], errors="coerce"), level))
+            _interval_cols(row, name, interval(pd.to_numeric(g[col], errors="coerce"), "nonneg", level, resamples, seed))
         if len(paired):
-            _interval_cols(row, "latent_rmse", t_interval(pd.to_numeric(paired["latent_rmse"], errors="coerce"), level))
+            _interval_cols(row, "latent_rmse", interval(pd.to_numeric(paired["latent_rmse"], errors="coerce"), "nonneg",
+                                                        level, resamples, seed))
             _interval_cols(row, "speedup", ratio_interval(paired["ref_rounds"], paired["output_round"], level, resamples, seed))
             _interval_cols(row, "wall_speedup", ratio_interval(paired["ref_sample_s"], paired["sample_s"], level, resamples, seed))
         for c in quality_cols:
-            iv = t_interval(pd.to_numeric(g[c], errors="coerce"), level)
+            iv = interval(pd.to_numeric(g[c], errors="coerce"), INTERVAL_KIND.get(c, "t"), level, resamples, seed)
             row[c] = _mean(g[c])
             row[f"n_{c}"] = iv.n
             _interval_cols(row, c, iv)
         out.append(row)
     return pd.DataFrame(out)
+
+
+COMPARED = ("speedup", "latent_rmse", "sample_s")
+
+
+def paired_comparisons(df: pd.DataFrame, quality_cols: Iterable[str] = (), level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Method against method within each (model, K, N), over runs matched on (prompt, seed).
+
+    For every pair of non-sequential methods of a cell group (A before B in the tables' order),
+    the runs of A and B with the same prompt and seed are paired; each compared column gets the
+    mean of the per-pair differences A - B and its paired bootstrap interval (eval/stats.py).
+    The per-run speedup is reference rounds / output round. Runs without a partner are counted in
+    ``unmatched`` and left out, so a difference never mixes prompts.
+    """
+    from .runs import method_sort_key
+    from .stats import paired_difference
+
+    cols = [*COMPARED, *[c for c in quality_cols if c in df.columns]]
+    d = cell_rows(df)
+    if d.empty:
+        return pd.DataFrame()
+    d = d[(d["algorithm"] != "sequential") & (d["reference"] != "")]
+    rows = []
+    for (model, k, n), g in d.groupby(["model", "num_cores", "num_steps"], sort=True):
+        methods = sorted(g["method"].unique(), key=method_sort_key)
+        per = {m: g[g["method"] == m].drop_duplicates(["prompt", "seed"]).set_index(["prompt", "seed"]) for m in methods}
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                both = per[a].index.intersection(per[b].index)
+                row = {"model": model, "num_cores": int(k), "num_steps": int(n), "method_a": a, "method_b": b,
+                       "n_pairs": len(both), "unmatched": len(per[a]) + len(per[b]) - 2 * len(both)}
+                for c in cols:
+                    va = pd.to_numeric(per[a].loc[both, c], errors="coerce").to_numpy(dtype=float)
+                    vb = pd.to_numeric(per[b].loc[both, c], errors="coerce").to_numpy(dtype=float)
+                    iv = paired_difference(va, vb, level, resamples, seed)
+                    row.update({f"diff_{c}": iv.value, f"diff_{c}_lo": iv.lo, f"diff_{c}_hi": iv.hi})
+                rows.append(row)
+    return pd.DataFrame(rows)

@@ -250,13 +250,69 @@ def _one_line(e: BaseException) -> str:
 # --------------------------------------------------------------------------- discovery
 
 
-def find_run_dirs(roots: Iterable[str | os.PathLike], problems: Problems) -> list[Path]:
+class ManifestError(ValueError):
+    """A tag no manifest carries; the message is one line."""
+
+
+def manifest_runs(roots: Iterable[str | os.PathLike], problems: Problems, tag: str | None = None
+                  ) -> tuple[list[Path], list[Path]]:
+    """(run folders listed by the manifests, roots left to search for run folders).
+
+    A root that is a Hydra job or sweep folder (it holds runs.json manifests, chords/manifest.py,
+    and no run folder of its own) stands for exactly the runs its manifests list. With ``tag``,
+    every root stands for the runs of the manifests under it that carry that tag. A listed folder
+    that is gone is reported.
+    """
+    from chords.manifest import find_manifests, read_manifest
+
+    listed: list[Path] = []
+    walk: list[Path] = []
+    tags: set[str] = set()
+    for root in map(Path, roots):
+        manifests = find_manifests(root)
+        records = []
+        for m in manifests:
+            try:
+                records.append((m, read_manifest(m)))
+            except ValueError as e:
+                problems.report(str(e))
+        tags |= {str(r["tag"]) for _, r in records if r.get("tag")}
+        if tag is not None:
+            records = [(m, r) for m, r in records if r.get("tag") == tag]
+        elif not records or _holds_run_folder(root):
+            walk.append(root)
+            continue
+        for m, r in records:
+            for entry in r["runs"]:
+                folder = Path(str(entry.get("folder", "")))
+                if not (folder / STATS).is_file():
+                    problems.report(f"{m}: listed run folder {folder} is gone or incomplete; left out")
+                    continue
+                listed.append(folder)
+    if tag is not None and not listed:
+        raise ManifestError(f"tag={tag!r}: no run manifest under {', '.join(map(str, roots))} carries it; "
+                            f"tags found: {', '.join(sorted(tags)) or 'none'}")
+    return listed, walk
+
+
+def _holds_run_folder(root: Path) -> bool:
+    """Whether a run folder (stats.json) lies under ``root`` outside its hidden and log folders."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if STATS in filenames:
+            return True
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "logs"]
+    return False
+
+
+def find_run_dirs(roots: Iterable[str | os.PathLike], problems: Problems, tag: str | None = None) -> list[Path]:
     """Every folder under ``roots`` holding a stats.json (a run folder), sorted, deduplicated.
 
-    Hidden folders (``.hydra``) are skipped; a folder with a ``.tmp-`` name, or with run files
-    but no stats.json, is reported as partial and skipped.
+    A Hydra job or sweep folder (or, with ``tag``, any root) gives exactly the runs its
+    manifests list (:func:`manifest_runs`). Hidden folders (``.hydra``) are skipped; a folder
+    with a ``.tmp-`` name, or with run files but no stats.json, is reported as partial and skipped.
     """
-    found: dict[str, Path] = {}
+    listed, roots = manifest_runs(roots, problems, tag)
+    found: dict[str, Path] = {os.path.realpath(p): p for p in listed}
     for root in roots:
         root = Path(root)
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -434,9 +490,9 @@ def load_run(path: str | os.PathLike) -> Run:
     )
 
 
-def load_runs(roots: Iterable[str | os.PathLike], problems: Problems) -> list[Run]:
+def load_runs(roots: Iterable[str | os.PathLike], problems: Problems, tag: str | None = None) -> list[Run]:
     runs = []
-    for d in find_run_dirs(roots, problems):
+    for d in find_run_dirs(roots, problems, tag):
         try:
             run = load_run(d)
         except RunError as e:

@@ -49,7 +49,13 @@ LABELS = {
 NA = "n/a"  # measured quantity without a value
 DASH = "-"  # not applicable
 #: how the intervals in the cells are made (eval/stats.py)
-CI_NOTE = "speedup: percentile bootstrap over runs; VBench Quality: bootstrap; other columns: t-interval of the mean"
+CI_NOTE = ("speedups, times, NFE, latent RMSE and VBench Quality: percentile bootstrap over runs (speedups "
+           "paired with their references); accuracies: Wilson binomial interval; CLIP score: t-interval of the mean; "
+           "'fixed': every run stopped at the same round (set by the schedule), so the speedup has no interval")
+#: below this many samples a Fréchet distance is biased upwards by more than the differences it
+#: should show (README, "Embedded models"): the cell is flagged and problems.txt says so
+FRECHET_MIN_N = 200
+FIXED = "fixed"
 
 
 @dataclass
@@ -145,8 +151,14 @@ def _cell(metric: str, cell: pd.Series | None, time: str, decimals: dict, show_c
     if metric == "n":
         return {name: v}, text
     lo, hi = _value(cell, metric, time, "_lo"), _value(cell, metric, time, "_hi")
-    if show_ci and text != NA and math.isfinite(lo) and math.isfinite(hi):
+    if metric == "speedup" and text != NA and bool(cell.get("speedup_fixed", False)):
+        text += f" ({FIXED})"  # no sampling variation: the schedule sets the round (eval/stats.py)
+    elif show_ci and text != NA and math.isfinite(lo) and math.isfinite(hi):
         text += f" [{format_value(metric, lo, decimals).rstrip('%')}, {format_value(metric, hi, decimals).rstrip('%')}]"
+    if metric == "frechet_distance" and text != NA:
+        n = _value(cell, "n_frechet_distance", time)
+        if not (math.isfinite(n) and n >= FRECHET_MIN_N):
+            text += f" (n={int(n) if math.isfinite(n) else 0} < {FRECHET_MIN_N})"
     return {name: v, f"{name}_lo": lo, f"{name}_hi": hi}, text
 
 
@@ -421,3 +433,80 @@ def vbench_dimension_table(summary: pd.DataFrame, steps: dict[str, int], dimensi
     caption = ("VBench per dimension (mean over the videos scored on it, n) and the Quality Score; N per model: "
                + ", ".join(f"{m}={n}" for m, n in sorted(steps.items()) if m in set(s["model"])))
     return Table("vbench_dimensions", caption, pd.DataFrame(rows_num, index=idx), display)
+
+
+# --------------------------------------------------------------------------- summary.md
+
+#: summary.md: one narrow table per question, each keyed by the cell (model, method, K, N)
+SUMMARY_SECTIONS = {
+    "Cells: what was run": ["stop_rule", "init_t", "hardware", "n_runs", "n_paired", "n_prompts", "seeds"],
+    "Speed": ["speedup", "wall_speedup", "output_round", "nfe", "time_sample_s", "time_total_s"],
+    "Quality": ["latent_rmse", "n_rmse"],
+}
+_SUMMARY_KEYS = ["model", "method", "num_cores", "num_steps"]
+_SUMMARY_HEAD = {"num_cores": "K", "num_steps": "N", "time_sample_s": "sample s", "time_total_s": "total s",
+                 "wall_speedup": "wall speedup", "output_round": "output round", "latent_rmse": "latent RMSE",
+                 "n_rmse": "n RMSE", "n_runs": "runs", "n_paired": "paired", "n_prompts": "prompts"}
+
+
+def _summary_text(row: pd.Series, col: str, decimals: dict) -> str:
+    v = row.get(col, math.nan)
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return NA
+    if col.startswith("n_") or col in ("n_runs",):
+        return f"{int(v)}"
+    metric = {"time_sample_s": "time", "time_total_s": "time", "wall_speedup": "speedup",
+              "output_round": "nfe"}.get(col, col)
+    dec = {**{"time": 2, "speedup": 2, "nfe": 1, "latent_rmse": 4, "frechet_distance": 2}, **decimals}
+    text = format_value(metric if metric in LABELS or metric in PERCENT_METRICS else "x", float(v), dec)
+    lo, hi = row.get(f"{col}_lo", math.nan), row.get(f"{col}_hi", math.nan)
+    if col == "speedup" and bool(row.get("speedup_fixed", False)):
+        return f"{text} ({FIXED})"
+    if isinstance(lo, float) and isinstance(hi, float) and math.isfinite(lo) and math.isfinite(hi):
+        f = lambda x: format_value(metric if metric in LABELS or metric in PERCENT_METRICS else "x", x, dec).rstrip("%")
+        text += f" [{f(lo)}, {f(hi)}]"
+    if col == "frechet_distance":
+        n = row.get("n_frechet_distance", 0)
+        if not (isinstance(n, (int, float)) and n >= FRECHET_MIN_N):
+            text += f" (n={int(n) if isinstance(n, (int, float)) and math.isfinite(n) else 0} < {FRECHET_MIN_N})"
+    return text
+
+
+def summary_markdown(summary: pd.DataFrame, quality_cols: Sequence[str] = (), decimals: dict | None = None,
+                     level: float = 0.95, comparisons: pd.DataFrame | None = None) -> str:
+    """summary.md: the cells of summary.csv as a few narrow tables (cells, speed, quality, and the
+    paired method comparisons), each value ``mean [lo, hi]`` at ``level``; summary.csv keeps every column."""
+    decimals = dict(decimals or {})
+    sections = dict(SUMMARY_SECTIONS)
+    extra = [c for c in [*quality_cols, "frechet_distance"] if c in summary.columns and summary[c].notna().any()]
+    sections["Quality"] = [*sections["Quality"], *dict.fromkeys(extra)]
+    parts = [f"# Summary: one row per cell (model, method, K, N); mean [{100 * level:g}% CI] over prompts x seeds\n\n"
+             f"Intervals: {CI_NOTE}. Every column at full precision: summary.csv.\n"]
+    for title, cols in sections.items():
+        cols = [c for c in cols if c in summary.columns]
+        if not cols:
+            continue
+        rows = [[*(str(r[k]) for k in _SUMMARY_KEYS), *(_summary_text(r, c, decimals) for c in cols)]
+                for _, r in summary.iterrows()]
+        head = [_SUMMARY_HEAD.get(c, LABELS.get(c, (c,))[0]) for c in [*_SUMMARY_KEYS, *cols]]
+        parts.append(f"\n## {title}\n\n" + pd.DataFrame(rows, columns=head).to_markdown(
+            index=False, stralign="right", disable_numparse=True) + "\n")
+    if comparisons is not None and not comparisons.empty:
+        diff = [c[len("diff_"):] for c in comparisons.columns
+                if c.startswith("diff_") and not c.endswith(("_lo", "_hi")) and comparisons[c].notna().any()]
+        rows = []
+        for _, r in comparisons.iterrows():
+            cells = [str(r["model"]), str(r["num_cores"]), str(r["num_steps"]), f"{r['method_a']} - {r['method_b']}",
+                     str(int(r["n_pairs"]))]
+            for c in diff:
+                v, lo, hi = r[f"diff_{c}"], r[f"diff_{c}_lo"], r[f"diff_{c}_hi"]
+                cells.append(NA if not math.isfinite(v) else f"{v:+.4g}" + (f" [{lo:+.4g}, {hi:+.4g}]" if math.isfinite(lo) else ""))
+            rows.append(cells)
+        head = ["model", "K", "N", "A - B", "pairs", *(_SUMMARY_HEAD.get(c, LABELS.get(c, (c,))[0]) for c in diff)]
+        parts.append("\n## Method against method, paired on (prompt, seed)\n\nMean of the per-pair differences "
+                     "A - B (same prompts and seeds) with a paired bootstrap interval; comparisons.csv has them at "
+                     "full precision.\n\n" + pd.DataFrame(rows, columns=head).to_markdown(
+                         index=False, stralign="right", disable_numparse=True) + "\n")
+    return "".join(parts)

@@ -8,15 +8,17 @@ there, so everything that run would report follows from the kept hits, bitwise:
 * ``core_index=I``: hit ``I`` (0 = the coarse shot, 1 = the fastest core, ...); a run with fewer
   hits has no such index (a real run refuses it) and is left out of that rule.
 * ``residual=T``: the first hit ``i >= 1`` with ``residual(h_i, h_{i-1}) < T``, else the last
-  hit; the residual is :func:`chords.core.residual` itself (``||a - b||_2 / numel``: the
-  difference in the latent's dtype, the norm in float64), on the saved latents, which are the
-  tensors the run held (same dtype, same values).
+  hit; the residual is :func:`chords.core.residual` itself (``||a - b||_2 / numel`` computed as
+  the official code does: the norm in the latent's dtype, then float64), on the saved latents,
+  which are the tensors the run held (same dtype, same values).
 * ``rmse=B``: the earliest hit whose latent RMSE against the sequential reference is ``<= B``,
   else the last hit (for CHORDS the last hit is the sequential solution). This is an *oracle*:
   it needs the sequential answer, so no deployed run can use it; it is the fair way to compare
-  init sequences at a common quality budget (Table 3). ``rmse=auto`` takes, per model and N, the
-  median over the paper's preset sequences (``init_kind == "ours"``; all sequences when there are
-  none) of the latent RMSE of hit 1, the paper's default operating point.
+  init sequences at a common quality budget (Table 3). ``rmse=auto`` fixes one budget per
+  (model, K, N): the median over the paper's preset sequence at that K (``init_kind == "ours"``;
+  all sequences at that K when none is a preset) of the latent RMSE of hit 1, the paper's default
+  operating point. Runs of other K or other sequences never move a cell's budget, and the
+  captions print every budget used; ``rmse=B`` gives one fixed budget for everything.
 * ``as_run``: the run's own output.
 
 The chosen hit gives the run's ``output_round`` (so speedup = reference rounds / it), its nfe
@@ -44,7 +46,7 @@ from chords.core import residual
 
 from .metrics import latent_rmse
 from .runs import Problems, Run, RunError
-from .stats import ratio_interval, t_interval
+from .stats import interval, is_fixed, ratio_interval
 
 RULE_KINDS = ("as_run", "core_index", "residual", "rmse")
 _RULE_HELP = "as_run, core_index=I (I >= 0), residual=T (T >= 0), rmse=B (B >= 0) or rmse=auto"
@@ -80,8 +82,8 @@ class Rule:
         if self.kind == "residual":
             return f"the first hit whose residual to the previous one is below {self.value:g} (residual={self.value:g})"
         if budgets:
-            text = ", ".join(f"{m} N={n}: {b:.3g}" for (m, n), b in sorted(budgets.items()))
-            return f"the earliest hit with latent RMSE vs sequential <= a budget per model ({text})"
+            text = ", ".join(f"{m} K={k} N={n}: {b:.3g}" for (m, k, n), b in sorted(budgets.items()))
+            return f"the earliest hit with latent RMSE vs sequential <= a budget per (model, K, N) ({text})"
         return f"the earliest hit with latent RMSE vs sequential <= {self.value:g}"
 
 
@@ -185,14 +187,19 @@ def choose(trace: Trace, rule: Rule, budget: float | None = None) -> int | None:
     return n - 1
 
 
-def auto_budgets(trs: dict[Path, Trace]) -> dict[tuple[str, int], float]:
-    """``rmse=auto``: per (model label, N), the median latent RMSE of hit 1 over the paper-preset
-    runs (all runs when none is a preset)."""
-    by: dict[tuple[str, int], dict[bool, list[float]]] = defaultdict(lambda: {True: [], False: []})
+def budget_key(run: Run) -> tuple[str, int, int]:
+    """The cell an ``rmse=auto`` budget belongs to: (model label, K, N)."""
+    return (run.model_label or run.model, int(run.num_cores), int(run.num_steps))
+
+
+def auto_budgets(trs: dict[Path, Trace]) -> dict[tuple[str, int, int], float]:
+    """``rmse=auto``: per (model label, K, N), the median latent RMSE of hit 1 over the paper-preset
+    runs at that K (all runs at that K when none is a preset)."""
+    by: dict[tuple[str, int, int], dict[bool, list[float]]] = defaultdict(lambda: {True: [], False: []})
     for t in trs.values():
         r = t.run
         if len(t.rmse) > 1 and math.isfinite(t.rmse[1]):
-            by[(r.model_label or r.model, r.num_steps)][r.init_kind == "ours"].append(t.rmse[1])
+            by[budget_key(r)][r.init_kind == "ours"].append(t.rmse[1])
     return {k: statistics.median(v[True] or v[False]) for k, v in by.items() if v[True] or v[False]}
 
 
@@ -218,7 +225,7 @@ def derive(run: Run, index: int, rule: Rule, trace: Trace | None = None) -> Run:
     )
 
 
-def view(runs: Sequence[Run], rule: Rule, trs: dict[Path, Trace], budgets: dict[tuple[str, int], float],
+def view(runs: Sequence[Run], rule: Rule, trs: dict[Path, Trace], budgets: dict[tuple[str, int, int], float],
          problems: Problems) -> list[Run]:
     """The runs as a table under ``rule``: eligible runs (those with a trace) become the hit the
     rule picks; every other run stays as it ran."""
@@ -231,7 +238,7 @@ def view(runs: Sequence[Run], rule: Rule, trs: dict[Path, Trace], budgets: dict[
         if t is None:
             out.append(r)
             continue
-        budget = budgets.get((r.model_label or r.model, r.num_steps)) if rule.auto else None
+        budget = budgets.get(budget_key(r)) if rule.auto else None
         i = choose(t, rule, budget)
         if i is None:
             skipped[(r.model_label or r.model, r.method, r.num_cores, r.num_steps)] += 1
@@ -251,19 +258,19 @@ def whatif_table(
     trs: dict[Path, Trace],
     refs: dict[Path, Run],
     rules: Sequence[Rule],
-    budgets: dict[tuple[str, int], float],
+    budgets: dict[tuple[str, int, int], float],
     level: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per run and rule, per cell and rule): chosen hit, round, nfe, time, speedup, latent RMSE;
-    cells with n and 95% intervals (bootstrap for the speedups, t for the means)."""
+    cells with n and 95% intervals (eval/stats.py: bootstrap for the speedups and the means)."""
     rows = []
     for t in trs.values():
         r = t.run
         ref = refs.get(r.path)
         for rule in rules:
-            budget = budgets.get((r.model_label or r.model, r.num_steps)) if rule.auto else None
+            budget = budgets.get(budget_key(r)) if rule.auto else None
             i = choose(t, rule, budget)
             if i is None:
                 continue
@@ -285,13 +292,14 @@ def whatif_table(
         for key, g in per_run.groupby(keys, sort=False):
             sp = ratio_interval(g["ref_rounds"], g["round"], level, resamples, seed)
             ws = ratio_interval(g["ref_sample_s"], g["wall_s"], level, resamples, seed)
-            rm, nf, tm = t_interval(g["latent_rmse"], level), t_interval(g["nfe"], level), t_interval(g["wall_s"], level)
+            rm, nf, tm = (interval(g[c], "nonneg", level, resamples, seed) for c in ("latent_rmse", "nfe", "wall_s"))
             cells.append({
                 **dict(zip(keys, key)), "init_t": ",".join(sorted(set(g["init_t"]))),
                 "init_kind": ",".join(sorted(set(g["init_kind"]))), "n": len(g),
                 "budget": float(g["budget"].iloc[0]), "mean_hit": float(g["hit"].mean()),
                 "mean_round": float(g["round"].mean()),
                 "speedup": sp.value, "speedup_lo": sp.lo, "speedup_hi": sp.hi,
+                "speedup_fixed": is_fixed(g["ref_rounds"], g["round"]),
                 "nfe": nf.value, "nfe_lo": nf.lo, "nfe_hi": nf.hi,
                 "time_sample_s": tm.value, "time_sample_s_lo": tm.lo, "time_sample_s_hi": tm.hi,
                 "wall_speedup": ws.value, "wall_speedup_lo": ws.lo, "wall_speedup_hi": ws.hi,

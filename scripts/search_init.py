@@ -2,7 +2,7 @@
 """Search CHORDS initialization sequences for a model, K, N and a quality budget.
 
     python scripts/search_init.py --model digits --cores 8 --steps 50
-    python scripts/search_init.py --model digits --cores 4 --budget 0.05 --objective index --out docs/results/search_k4.md
+    python scripts/search_init.py --model digits --cores 4 --budget 0.05 --objective index --out search/digits_k4.md
     python scripts/search_init.py --model gaussian --cores 4 --steps 20 --select-seeds 0-3 --report-seeds 4-7
 
 Candidates: Theorem 2.5's family (``chords.chords.init_sequence`` for a grid of speedups), uniform
@@ -21,7 +21,7 @@ every stop rule is scored from it without rerunning:
 
 ``--budget auto`` (default) is the paper preset's mean RMSE at ``--index`` on the selection
 samples: "equal or lower RMSE than the presets". Candidates are chosen on the selection seeds and
-reported on held-out seeds (95% intervals: bootstrap for speedups, t for RMSE, eval/stats.py),
+reported on held-out seeds (95% intervals: bootstrap for speedups and RMSE, eval/stats.py),
 next to the presets and the best Theorem 2.5 and uniform sequences.
 
 Why a script and not Hydra's Optuna sweeper: an Optuna trial is one Hydra job (a process, a model
@@ -370,7 +370,7 @@ def search(
     chosen = list(dict.fromkeys([*ranked[:report_top], preset,
                                  next((x for x in ranked if families.get(x, "").startswith("theorem")), preset),
                                  next((x for x in ranked if families.get(x, "").startswith("uniform")), preset)]))
-    from eval.stats import ratio_interval, t_interval
+    from eval.stats import mean_interval, ratio_interval
 
     rows = []
     for seq in chosen:
@@ -387,7 +387,7 @@ def search(
             r, rmse = s_rep.at_index(index)
             sp = ratio_interval([n] * len(rmse), [r] * len(rmse))
             sel_rmse = float(s_sel.at_index(index)[1].mean())
-        rm = t_interval(rmse)
+        rm = mean_interval(rmse)
         rows.append(Row("-".join(map(str, seq)), families.get(seq, "?"), n / s_sel.rounds[index], sel_sp, sel_rmse,
                         sp.value, sp.lo, sp.hi, rm.value, rm.lo, rm.hi, float(s_rep.at_index(index)[1].mean())))
     base = next(r for r in rows if r.init == "-".join(map(str, preset)))
@@ -414,7 +414,7 @@ def search(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--model", default="digits", help="a configs/model name (default digits)")
     ap.add_argument("--cores", type=int, default=8, help="K (default 8)")
     ap.add_argument("--steps", type=int, default=50, help="N (default 50)")

@@ -2,8 +2,9 @@
 """The CHORDS study on the embedded models, in one command: the paper's tables and figures, the
 methods side by side, an init-sequence search, and an analysis next to the paper's numbers.
 
-    python scripts/study_embedded.py                       # the study -> docs/results/ (run folders in runs/study/)
-    python scripts/study_embedded.py --reduced --out /tmp/study --runs /tmp/study_runs   # a smoke test (minutes)
+    python scripts/study_embedded.py                       # the study -> study_out/ (run folders in runs/study/)
+    python scripts/study_embedded.py --out docs/results    # what docs/results/ holds (it writes there only when asked)
+    python scripts/study_embedded.py --reduced --out /tmp/study --runs /tmp/study_runs   # a smoke test (~90 s)
 
 What it runs (in this process, one thread, hardware=batched: the K states of a round in one
 forward, the closest a single CPU gets to K devices), with the experiment configs the GPU
@@ -451,7 +452,7 @@ def analysis(st: Settings, results: dict[str, Any], searches: dict, media_of: di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--reduced", action="store_true", help="digits only, 3 classes x 2 seeds, K=4, N=20: a smoke test")
     ap.add_argument("--models", default="digits,moving-digits", help="embedded models (configs/model names)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds per class (default 10)")
@@ -461,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--table4-steps", default="50,75,100", help="N of Table 4 (default 50,75,100)")
     ap.add_argument("--search-cores", default="4,8", help="K of the init-sequence search ('' for none)")
     ap.add_argument("--no-search", action="store_true", help="skip the init-sequence search")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where the results go (default docs/results)")
+    ap.add_argument("--out", type=Path, default=ROOT / "study_out",
+                    help="where the results go (default study_out; the committed study: --out docs/results)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="run folders (default runs/study)")
     ap.add_argument("--eval-override", action="append", default=[], help="extra eval override, e.g. clip.enabled=true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for these small models)")

@@ -55,16 +55,18 @@ class SideBySide:
         return (self.ours.output - self.ref).abs().max().item()
 
 
-def side_by_side(num_steps: int, parallel: int, tolerance: float, prediction_type: str = "epsilon") -> SideBySide:
+def side_by_side(num_steps: int, parallel: int, tolerance: float, prediction_type: str = "epsilon",
+                 set_alpha_to_one: bool = True) -> SideBySide:
     """Run diffusers' ParaDIGMS pipeline and ours on the same latents, prompts and UNet."""
     from diffusers import DDIMParallelScheduler, StableDiffusionParadigmsPipeline
 
     unet, vae, text_encoder, tokenizer = tiny_modules()
     # clip_sample=False: DDIMStep does not clip x0 (this scheduler's default clips to [-1, 1]).
-    # set_alpha_to_one=True (its default): batch_step_no_noise always steps onto alpha-bar 1,
-    # while _get_variance uses final_alpha_cumprod; with False the two disagree (the step goes
-    # to 1, the variance to alphas_cumprod[0]) and no single grid reproduces both.
-    scheduler = DDIMParallelScheduler(clip_sample=False, set_alpha_to_one=True, prediction_type=prediction_type)
+    # batch_step_no_noise always steps onto alpha-bar 1, while _get_variance uses
+    # final_alpha_cumprod: with set_alpha_to_one=False (SD 1.x) the two differ (the step goes to 1,
+    # the error scale to alphas_cumprod[0]); DDIMStep.for_paradigms_pipeline keeps both.
+    scheduler = DDIMParallelScheduler(clip_sample=False, set_alpha_to_one=set_alpha_to_one,
+                                      prediction_type=prediction_type)
     pipe = StableDiffusionParadigmsPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -100,8 +102,7 @@ def side_by_side(num_steps: int, parallel: int, tolerance: float, prediction_typ
         out = out.reshape(w, 2, b, *xs.shape[2:])
         return out[:, 0] + GUIDANCE * (out[:, 1] - out[:, 0])
 
-    step = DDIMStep(scheduler.alphas_cumprod, timesteps, prediction_type,
-                    final_alpha_cumprod=float(scheduler.final_alpha_cumprod))
+    step = DDIMStep.for_paradigms_pipeline(scheduler)
     with torch.no_grad():
         ours = sample(ParaDIGMS(parallel, tolerance), velocity, latents, step, num_steps)
     return SideBySide(ref_rounds, ref_nfe, ref, ours)

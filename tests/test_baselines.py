@@ -276,6 +276,20 @@ def test_paradigms_equals_diffusers_pipeline(n, k, tol, pred, one_thread):
     assert run.max_diff <= n * 8 * torch.finfo(torch.float32).eps * scale, run.max_diff
 
 
+@pytest.mark.parametrize("n,k,tol", [(25, 4, 0.1), (20, 8, 0.3), (12, 16, 1.0)])
+def test_paradigms_equals_diffusers_pipeline_without_alpha_to_one(n, k, tol, one_thread):
+    """set_alpha_to_one=False (SD 1.x's scheduler): the pipeline steps onto alpha-bar 1 after the
+    last timestep but scales that position's error with final_alpha_cumprod; same rounds,
+    evaluations and output (one value for both took one round more)."""
+    pytest.importorskip("diffusers")
+    from tests.sd_paradigms import side_by_side
+
+    run = side_by_side(n, k, tol, set_alpha_to_one=False)
+    assert (run.ours.rounds, run.ours.nfe) == (run.ref_rounds, run.ref_nfe)
+    scale = run.ref.abs().max().item()
+    assert run.max_diff <= n * 8 * torch.finfo(torch.float32).eps * scale, run.max_diff
+
+
 # --------------------------------------------------------------------------- speed and accuracy
 
 

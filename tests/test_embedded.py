@@ -285,3 +285,19 @@ def test_eval_embedded_image_columns(tmp_path):
         assert s.loc[m, "n_frechet_distance"] == 3 and math.isfinite(s.loc[m, "frechet_distance"])
     table = (tmp_path / "ev" / "table2.md").read_text()
     assert "Class Acc." in table and "Fréchet Dist." in table and "CLIP" not in table.split("\n\n", 1)[1]
+    # Accuracies get a Wilson interval (inside [0, 1], never "100% [100, 100]"); the Fréchet
+    # distance of 3 samples is flagged in the cell and in problems.txt.
+    from scipy.stats import binomtest
+
+    for m in ("Sequential", "CHORDS"):
+        k = round(s.loc[m, "class_accuracy"] * 3)
+        ci = binomtest(k, 3).proportion_ci(0.95, method="wilson")
+        assert s.loc[m, "class_accuracy_lo"] == pytest.approx(ci.low) and s.loc[m, "class_accuracy_hi"] == pytest.approx(ci.high)
+        assert 0 <= s.loc[m, "class_accuracy_lo"] < s.loc[m, "class_accuracy_hi"] <= 1
+    assert "(n=3 < 200)" in table
+    problems = (tmp_path / "ev" / "problems.txt").read_text()
+    assert "Fréchet distance from 3 sample(s) (< 200)" in problems
+    summary_md = (tmp_path / "ev" / "summary.md").read_text()
+    widths = [ln.count("|") - 1 for ln in summary_md.splitlines() if ln.startswith("|")]
+    assert widths and max(widths) <= 12 and "## Speed" in summary_md and "## Quality" in summary_md
+    assert "(n=3 < 200)" in summary_md

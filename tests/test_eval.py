@@ -268,12 +268,11 @@ def test_table2_every_number_by_hand(tmp_path):
     assert pdm["K4_latent_rmse"] == pytest.approx(0.1)
     # CLIP not enabled: quality columns empty.
     assert t2["K4_clip_score"].isna().all()
-    # n, NFE and 95% intervals: t-interval of the mean over the two prompts, bootstrap for speedup.
-    from scipy.stats import t as student
-
-    half = student.ppf(0.975, 1) * statistics.stdev([0.1, 0.3]) / math.sqrt(2)
+    # n, NFE and 95% intervals: the percentile bootstrap of the mean over the two prompts (a resample
+    # of two values has mean 0.1, 0.2 or 0.3, so the interval is [0.1, 0.3]: never below 0 as the
+    # t-interval's -1.07 was), bootstrap for speedup.
     assert ch["K4_n"] == 2 and seq["K4_n"] == 2 and ch["K4_nfe"] == pytest.approx(200)
-    assert ch["K4_latent_rmse_lo"] == pytest.approx(0.2 - half) and ch["K4_latent_rmse_hi"] == pytest.approx(0.2 + half)
+    assert ch["K4_latent_rmse_lo"] == pytest.approx(0.1) and ch["K4_latent_rmse_hi"] == pytest.approx(0.3)
     assert ch["K4_speedup_lo"] == pytest.approx(50 / 21) and ch["K4_speedup_hi"] == pytest.approx(50 / 21)
     assert ch["K4_nfe_lo"] == pytest.approx(200) and ch["K4_nfe_hi"] == pytest.approx(200)
     assert pdm["K4_speedup_lo"] == pytest.approx(50 / 40) and pdm["K4_speedup_hi"] == pytest.approx(50 / 30)
@@ -282,10 +281,11 @@ def test_table2_every_number_by_hand(tmp_path):
     row = next(ln for ln in md.splitlines() if "| CHORDS |" in ln.replace("  ", " ") or re.search(r"\|\s+CHORDS\s+\|", ln))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Model, Method, K4: time speedup nfe clip rmse n, K8: the same (paper's decimals, mean [95% CI])
-    lo, hi = 0.2 - half, 0.2 + half
-    assert cells[:8] == ["tiny-img", "CHORDS", "1.5 [-4.9, 7.9]", "2.4 [2.4, 2.4]", "200 [200, 200]", "n/a",
-                         f"0.200 [{lo:.3f}, {hi:.3f}]", "2"]
-    assert cells[9] == "2.9 [2.9, 2.9]" and cells[10] == "136 [136, 136]"
+    # time: bootstrap of mean(1, 2) stays within [1, 2]; CHORDS at hit 1 stops at round 21 in every
+    # run: its speedup is set by the schedule and labelled so, not given a zero-width interval
+    assert cells[:8] == ["tiny-img", "CHORDS", "1.5 [1.0, 2.0]", "2.4 (fixed)", "200 [200, 200]", "n/a",
+                         "0.200 [0.100, 0.300]", "2"]
+    assert cells[9] == "2.9 (fixed)" and cells[10] == "136 [136, 136]"
     seq_row = next(ln for ln in md.splitlines() if re.search(r"\|\s+Sequential\s+\|", ln))
     seq_cells = [c.strip() for c in seq_row.strip("|").split("|")]
     assert seq_cells[:2] == ["tiny-img", "Sequential"] and seq_cells[2].startswith("3.0 [")
@@ -341,7 +341,7 @@ def test_table3_init_sequence_ablation(tmp_path):
     md = (out / "table3.md").read_text()
     row = next(ln for ln in md.splitlines() if "Uniform" in ln)
     assert [c.strip() for c in row.strip("|").split("|")] == [
-        "4", "Uniform", "2.0 [2.0, 2.0]", "200 [200, 200]", "n/a", "0.500 [0.500, 0.500]", "2", "", "", "", "", ""]
+        "4", "Uniform", "2.0 (fixed)", "200 [200, 200]", "n/a", "0.500 [0.500, 0.500]", "2", "", "", "", "", ""]
 
 
 def test_table1_and_table4_step_counts(tmp_path):
@@ -773,3 +773,47 @@ def test_every_kind_of_corruption_at_once_still_builds_the_tables(tmp_path):
     t2 = read_csv(tmp_path / "eval_out" / "table2.csv").set_index(["Model", "Method"])
     assert t2.loc[("tiny-img", "CHORDS"), "K4_speedup"] == pytest.approx(50 / 21)
     assert math.isnan(t2.loc[("tiny-img", "CHORDS"), "K6_latent_rmse"])  # the NaN output is not averaged in
+
+
+# --------------------------------------------------------------------------- honest intervals
+
+
+def test_intervals_stay_inside_what_the_metric_can_be():
+    from scipy.stats import binomtest
+
+    from eval.stats import binomial_interval, interval, is_fixed, mean_interval, paired_difference, ratio_interval
+
+    acc = binomial_interval([1.0] * 15 + [0.0])  # 93.8%: the t-interval said [73.9, 113.6]
+    ci = binomtest(15, 16).proportion_ci(0.95, method="wilson")
+    assert (acc.value, acc.lo, acc.hi) == (15 / 16, pytest.approx(ci.low), pytest.approx(ci.high)) and acc.hi < 1
+    perfect = binomial_interval([1.0] * 16)  # not "100% [100, 100]"
+    assert perfect.hi == 1.0 and perfect.lo < 0.85
+    assert interval([1.0, 0.0, 1.0], "auto").lo == pytest.approx(binomtest(2, 3).proportion_ci(method="wilson").low)
+    tiny = mean_interval([0.0, 0.0004, 0.0, 0.0011])  # the t-interval went below 0
+    assert 0.0 <= tiny.lo <= tiny.value <= tiny.hi <= 0.0011
+    assert is_fixed([50, 50, 50], [21, 21, 21]) and not is_fixed([50, 50], [40, 30]) and not is_fixed([50], [21])
+    sp = ratio_interval([50, 50, 50, 50], [40, 30, 35, 45])
+    assert 50 / 45 <= sp.lo < sp.value < sp.hi <= 50 / 30
+    d = paired_difference([1.0, 2.0, 3.0, math.nan], [0.5, 1.5, 2.5, 1.0])  # the NaN pair is left out
+    assert d.n == 3 and d.value == pytest.approx(0.5) and d.lo == pytest.approx(0.5) and d.hi == pytest.approx(0.5)
+
+
+def test_methods_are_compared_on_the_same_prompts_and_seeds(tmp_path):
+    image_sweep(tmp_path / "out")
+    # an extra ParaDIGMS run on a prompt that CHORDS never sampled: unmatched, left out of the pair
+    write_run(tmp_path / "out", prompt="a green cone", sample_s=3.0, image=True)
+    write_run(tmp_path / "out", algorithm="paradigms", prompt="a green cone", num_cores=4,
+              hits=[(1, 10, shifted("a green cone", 0, 0.9))], sample_s=0.1, tolerance=0.1, image=True)
+    run_eval(eval_cfg(tmp_path, [tmp_path / "out"]))
+    out = tmp_path / "eval_out"
+    comp = read_csv(out / "comparisons.csv")
+    row = comp[(comp["method_a"] == "ParaDIGMS") & (comp["method_b"] == "CHORDS") | (comp["method_a"] == "CHORDS")
+               & (comp["method_b"] == "ParaDIGMS")].iloc[0]
+    sign = 1 if row["method_a"] == "CHORDS" else -1
+    assert row["n_pairs"] == 2 and row["unmatched"] == 1 and row["num_cores"] == 4
+    assert sign * row["diff_speedup"] == pytest.approx(((50 / 21 - 50 / 40) + (50 / 21 - 50 / 30)) / 2)
+    assert sign * row["diff_latent_rmse"] == pytest.approx(((0.1 - 0.05) + (0.3 - 0.15)) / 2)
+    md = (out / "summary.md").read_text()
+    assert "## Method against method, paired on (prompt, seed)" in md
+    widths = [ln.count("|") - 1 for ln in md.splitlines() if ln.startswith("|")]
+    assert max(widths) <= 12  # was one table of 50+ columns

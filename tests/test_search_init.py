@@ -41,7 +41,7 @@ def test_reduced_search_returns_a_valid_sequence_and_its_report(tmp_path):
     assert score.rounds == CHORDS(4, best).hit_rounds(16)
 
 
-def test_cli_writes_markdown_and_json_and_refuses_bad_input(tmp_path):
+def test_cli_writes_markdown_and_json_and_refuses_bad_input(tmp_path, capsys):
     out = tmp_path / "search.md"
     args = ["--model", "gaussian", "--cores", "3", "--steps", "12", "--prompts", str(ROOT / "prompts" / "digits_demo.txt"),
             "--max-prompts", "1", "--select-seeds", "0", "--report-seeds", "1", "--theorem-count", "4",
@@ -51,8 +51,15 @@ def test_cli_writes_markdown_and_json_and_refuses_bad_input(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["objective"] == "index" and len(data["best"]) == 3 and "Best found" in out.read_text()
-    for bad, msg in ((["--cores", "1"], "--cores 1 is invalid"), (["--select-seeds", "0", "--report-seeds", "0"], "overlap"),
-                     (["--model", "nope"], "--model 'nope' is unknown"), (["--budget", "-1"], "--budget '-1' is invalid")):
-        proc = subprocess.run([sys.executable, "scripts/search_init.py", "--model", "gaussian", "--steps", "12", *bad],
-                              cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and msg in proc.stderr, proc.stderr
+    # bad input: the script's main() in this process (the entry point above already ran as a process)
+    import torch
+
+    main, threads = _module().main, torch.get_num_threads()
+    try:
+        for bad, msg in ((["--cores", "1"], "--cores 1 is invalid"), (["--select-seeds", "0", "--report-seeds", "0"], "overlap"),
+                         (["--model", "nope"], "--model 'nope' is unknown"), (["--budget", "-1"], "--budget '-1' is invalid")):
+            code = main(["--model", "gaussian", "--steps", "12", *bad])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1 and msg in err, err
+    finally:
+        torch.set_num_threads(threads)

@@ -94,3 +94,34 @@ def test_matches_the_official_release_where_documented():
     no_tie_no_zero = [r for r in rows if r["init_t"] in ("0-8-16-32", "0-3-6-12-24-36", "0-2-4-8-16-24-32-40")
                       and r["rule"] != "core_index=0"]
     assert all(r["verdict"] == "equal" for r in no_tie_no_zero)
+
+
+def _official_residual(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The official release's residual, as its ``schedule_cores`` writes it: the norm in the hits'
+    dtype (bf16 here, so the norm itself is rounded to bf16), then ``.double()``, over numel."""
+    return torch.linalg.norm(a - b).double().item() / a.numel()
+
+
+def test_residual_in_bf16_stops_where_the_official_arithmetic_stops():
+    """Thresholds placed between the official bf16 residual and the float64 one: the default rule
+    stops at the official hit at each of them, ``precise=True`` at another hit for some."""
+    n = 50
+    velocity, x0, _ = _problem(n)
+    step = EulerStep(torch.linspace(1.0, 0.0, n + 1).bfloat16())
+    x0 = x0.bfloat16()
+    full = sample(CHORDS(4, [0, 8, 16, 32]), velocity, x0, step, n)
+    hits = full.hits
+    official = [_official_residual(hits[j].x, hits[j - 1].x) for j in range(1, len(hits))]
+    assert [residual(hits[j].x, hits[j - 1].x) for j in range(1, len(hits))] == official
+    precise = [residual(hits[j].x, hits[j - 1].x, precise=True) for j in range(1, len(hits))]
+    differ = 0
+    for o, p in zip(official, precise):
+        if o == p:
+            continue
+        t = (o + p) / 2
+        want = next((j for j in range(1, len(hits)) if official[j - 1] < t), len(hits) - 1)
+        res = sample(CHORDS(4, [0, 8, 16, 32]), velocity, x0, step, n, stop=Residual(t))
+        assert (res.output_hit.core, res.output_hit.round) == (hits[want].core, hits[want].round)
+        other = sample(CHORDS(4, [0, 8, 16, 32]), velocity, x0, step, n, stop=Residual(t, precise=True))
+        differ += (other.output_hit.core, other.output_hit.round) != (hits[want].core, hits[want].round)
+    assert differ >= 1  # the case tells the two arithmetics apart

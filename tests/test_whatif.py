@@ -138,11 +138,27 @@ def test_rmse_budget_picks_the_earliest_hit_within_it(kept):
         i = W.choose(t, W.Rule("rmse", b))
         assert rm[i] <= b and all(x > b for x in rm[:i])
     budgets = W.auto_budgets(trs)
-    assert set(budgets) == {(model, MODELS[model])}
+    assert set(budgets) == {(model, 4, MODELS[model])}  # one fixed budget per (model, K, N)
     import statistics
 
     assert all(t.run.init_kind == "ours" for t in trs.values())  # init_t: preset
-    assert budgets[(model, MODELS[model])] == statistics.median(t.rmse[1] for t in trs.values())
+    assert budgets[(model, 4, MODELS[model])] == statistics.median(t.rmse[1] for t in trs.values())
+
+
+def test_auto_budget_of_a_cell_does_not_move_when_other_runs_join(kept):
+    """rmse=auto: the K=4 budget is the same whether K=6 preset runs sit in the eval folder or not,
+    and the caption prints each (model, K, N) budget."""
+    model, tmp, root = kept
+    runs, refs, problems = _load(root)
+    alone = W.auto_budgets(W.traces(runs, refs, ["chords"], problems))
+    more = _run(tmp, model, MODELS[model], ["algo.stopping_kwargs.criterion=none", "algo.num_cores=6"], k=6)
+    runs2, refs2, problems2 = _load(tmp)
+    both = W.auto_budgets(W.traces([r for r in runs2 if r.path.is_relative_to(root) or r.path.is_relative_to(more)],
+                                   refs2, ["chords"], problems2))
+    k4 = (model, 4, MODELS[model])
+    assert both[k4] == alone[k4] and (model, 6, MODELS[model]) in both
+    text = W.parse_rule("rmse=auto").describe(both)
+    assert f"{model} K=4 N={MODELS[model]}: {alone[k4]:.3g}" in text and f"{model} K=6 N={MODELS[model]}" in text
 
 
 def test_parse_rule():
