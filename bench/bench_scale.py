@@ -16,7 +16,9 @@ latents Flux-size 1x4096x64 bf16 and HunyuanVideo-size 1x16x33x68x120 bf16:
   its next entry: the algorithm's steps and rectification, the stack).
 
 Both transports side by side: ``shm`` (states and velocities in shared memory, only headers on
-the sockets; the default for CPU ranks) and ``socket`` (everything over gloo).
+the sockets; the default for CPU ranks) and ``socket`` (everything over gloo). ``--receive before
+after`` also puts side by side where rank 0 posts its receives: before its own forward, or after
+it (on a GPU, pending NCCL receive kernels would share rank 0's device with its forward).
 
 One process group per (K, ranks, latent) serves both T values and the three algorithms (T
 travels in the conditioning). ``--steps`` (default 50), ``--sleep-ms``, ``--latents``,
@@ -93,13 +95,14 @@ def phases(calls: list[tuple[float, float]], sleeps: list[tuple[float, float]], 
     return {"send_ms": med(send), "over_ms": med(over), "wait_ms": med(wait), "algo_ms": med(algo)}
 
 
-def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int, algos: list[str], shm: bool) -> list[dict]:
+def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int, algos: list[str], shm: bool,
+            receive: str | None = None) -> list[dict]:
     cfg = {"model_name": "sleep", "shape": list(LATENTS[latent]), "dtype": "bfloat16", "num_inference_steps": steps,
            "sleep_s": 0.0, "max_batch": cores}
     adapter = SleepAdapter(cfg)
     rows = []
     with ProcessBackend(adapter, "bench.bench_scale.SleepAdapter", cfg, ranks, num_cores=cores, timeout_s=600,
-                        shared_memory=shm) as backend:
+                        shared_memory=shm, receive_after_forward=None if receive is None else receive == "after") as backend:
         for sleep_s in sleeps:
             enc = SleepAdapter({**cfg, "sleep_s": sleep_s}).encode("", 0)
             backend.set_condition(enc.cond)
@@ -122,7 +125,7 @@ def measure(latent: str, cores: int, ranks: int, sleeps: list[float], steps: int
                 res = sample(algo, timed, enc.x0, enc.step, enc.num_steps)
                 wall = time.perf_counter() - t0
                 ideal = res.rounds * sleep_s
-                rows.append({"latent": latent, "T_ms": int(sleep_s * 1e3), "algo": name, "config": f"K={cores} on {ranks}", "transport": "shm" if shm else "socket",
+                rows.append({"latent": latent, "T_ms": int(sleep_s * 1e3), "algo": name, "config": f"K={cores} on {ranks}", "transport": "shm" if shm else "socket", "receive": receive or "default",
                              "rounds": res.rounds, "eff": ideal / wall, "lost_ms": 1e3 * (wall - ideal) / res.rounds,
                              "MB/round": (backend.bytes_total - before) / res.rounds / 1e6,
                              **phases(calls, adapter.sleeps, sleep_s)})
@@ -139,6 +142,8 @@ def main() -> None:
     ap.add_argument("--algos", nargs="+", default=["CHORDS", "ParaDIGMS", "SRDS"])
     ap.add_argument("--transport", nargs="+", default=["shm", "socket"], choices=["shm", "socket"],
                     help="shared memory (the default on CPU ranks) and/or gloo sockets, side by side")
+    ap.add_argument("--receive", nargs="+", default=[None], choices=["before", "after"],
+                    help="rank 0 posts its receives before or after its own forward, side by side (default: the backend's choice)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -147,10 +152,13 @@ def main() -> None:
         for name in args.configs:
             cores, ranks = CONFIGS[name]
             for transport in args.transport:
-                rows += measure(latent, cores, ranks, [ms / 1e3 for ms in args.sleep_ms], args.steps, args.algos, transport == "shm")
+                for receive in args.receive:
+                    rows += measure(latent, cores, ranks, [ms / 1e3 for ms in args.sleep_ms], args.steps, args.algos,
+                                    transport == "shm", receive)
     df = pd.DataFrame(rows)
     for col in ("eff", "lost_ms", "MB/round", "send_ms", "over_ms", "wait_ms", "algo_ms"):
-        table = df.pivot_table(index=["latent", "T_ms", "algo", "transport"], columns="config", values=col, sort=False)
+        index = ["latent", "T_ms", "algo", "transport"] + (["receive"] if args.receive != [None] else [])
+        table = df.pivot_table(index=index, columns="config", values=col, sort=False)
         print(f"\n{col}\n{table.round(3 if col == 'eff' else 1).to_markdown()}")
 
 

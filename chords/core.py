@@ -12,9 +12,10 @@ Conventions (DESIGN.md, "Core API"):
   round and ``B <= algorithm.num_cores``.
 * ``step(x, v, i, j)`` advances ``x`` from grid index ``i`` to ``j > i`` with the velocity ``v``
   evaluated at ``(x, i)``. Index 0 is pure noise, ``num_steps`` is data.
-* The stacked ``xs`` a velocity receives is valid for that call: :func:`sample` stacks the next
-  round into the same memory only if nothing refers to it any more (:mod:`chords.buffers`), so a
-  velocity may keep or return it without harm. An oracle may offer ``stage(b, shape, dtype)``
+* The buffer rule (:mod:`chords.buffers`): the stacked ``xs`` a velocity receives is valid for
+  that call only (:func:`sample` stacks the next round into the same memory), and the velocities
+  it returns are valid until its next call; whatever an oracle or an algorithm keeps beyond that,
+  it copies. An oracle may offer ``stage(b, shape, dtype)``
   (an attribute of the callable, or of the object whose bound method it is) returning a
   ``[b, *shape]`` tensor of its own to stack the round into, or None: the process backend's
   shared memory, so rank 0 copies no state.
@@ -26,7 +27,7 @@ from typing import Callable, Generator, Protocol, Sequence
 
 import torch
 
-from chords.buffers import RoundBuffers
+from chords.buffers import RoundBuffers, checking_enabled, poison
 
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -185,6 +186,7 @@ def sample(
     gen = algorithm.solve(x0, step, num_steps, emit)
     stacks = RoundBuffers(keep=1)
     stage = _stager(velocity)
+    check = checking_enabled()
     try:
         request = next(gen)
         while True:
@@ -197,11 +199,18 @@ def sample(
                 )
             stacked = _stack(list(xs), stacks, algorithm.num_cores, stage)
             v = velocity(stacked, torch.as_tensor(list(steps), dtype=torch.long))
-            del stacked, xs, request  # nothing of this round's request is kept: its buffer is reusable
+            del xs, request
             rounds += 1
             nfe += batch
-            request = gen.send(v)
-            del v
+            if check:  # the algorithm gets a copy that goes invalid (NaN) once it has taken its step
+                v = v.clone()
+            try:
+                request = gen.send(v)
+            finally:
+                if check:  # what the rule says is no longer valid: a later round may overwrite it
+                    poison(v)
+                    poison(stacked)
+            del v, stacked
     except StopIteration:
         pass
     except _Stopped:
@@ -223,8 +232,8 @@ def _stager(velocity: Velocity) -> Callable[[int, tuple[int, ...], torch.dtype],
 
 def _stack(xs: list[Tensor], buffers: RoundBuffers, rows: int, stage=None) -> Tensor:
     """``torch.stack(xs)``: into the oracle's staging buffer when it offers one, else into last
-    round's buffer when nothing uses it any more (on the CPU a fresh multi-MB tensor costs page
-    faults every round; :mod:`chords.buffers`). The values are those of ``torch.stack``."""
+    round's buffer (on the CPU a fresh multi-MB tensor costs page faults every round; the buffer
+    rule of :mod:`chords.buffers` lets a round reuse it). The values are those of ``torch.stack``."""
     first = xs[0]
     if torch.is_grad_enabled() and any(x.requires_grad for x in xs) or any(x.shape != first.shape for x in xs):
         return torch.stack(xs)  # autograd, or an error with torch's own message

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from baselines import SRDS, ParaDIGMS
 from chords import CHORDS, sample
+from chords.buffers import checking
 from chords.backends import LocalBackend, ProcessBackend
 from chords.backends.processes import share_cap, shares
 from chords.config import ConfigError, validate
@@ -84,12 +85,13 @@ def test_k_cores_on_fewer_ranks_equal_local_bitwise(local_outputs, world, max_ba
         assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith(f"chords-{os.getpid()}-")}
 
 
-def test_rounds_go_through_shared_memory_both_ways_and_kept_tensors_never_change(local_outputs):
+def test_rounds_go_through_shared_memory_both_ways_and_follow_the_buffer_rule(local_outputs):
     """sample() stacks each round into the backend's shared state file (ProcessBackend.stage),
     so the backend copies no state, and the backend returns the round's velocities as they lie
     in a shared velocity area (rank 0's share copied in beside the workers'; the two areas take
-    turns). An oracle that keeps every stacked state, or every velocity, sees none of them change
-    (a file is not written again while they live), and every output is still bitwise local's."""
+    turns). The buffer rule (chords.buffers) holds: a round's velocities are unchanged until the
+    next call, and with the rule checked (what is no longer valid turned NaN) every output is
+    still bitwise local's."""
     ad, enc, ref = local_outputs
     with ProcessBackend(ad, "chords.models.digits.DigitsModel", DIGITS, 2, timeout_s=60, num_cores=8) as backend:
         backend.set_condition(enc.cond)
@@ -110,20 +112,19 @@ def test_rounds_go_through_shared_memory_both_ways_and_kept_tensors_never_change
         # every round with a share for rank 1 (b >= 2), once the files exist (made in round 2)
         assert all(staged for b, staged in in_file[2:] if b >= 2) and sum(s for _, s in in_file) >= res.rounds // 2
         assert sum(in_area) >= res.rounds // 2
-        for keep in ("states", "velocities"):
-            kept, copies = [], []
+        previous: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-            def keeping(xs, steps):
-                v = backend.velocity(xs, steps)
-                held = xs if keep == "states" else v
-                kept.append(held)
-                copies.append(held.clone())
-                return v
+        def checking_previous(xs, steps):
+            if previous:  # the last round's velocities, as returned, until this call
+                assert torch.equal(*previous.pop())
+            v = backend.velocity(xs, steps)
+            previous.append((v, v.clone()))
+            return v
 
-            keeping.stage = backend.stage
-            res = sample(ALGOS["chords-k8"], keeping, enc.x0, enc.step, enc.num_steps)
-            assert all(torch.equal(a, b) for a, b in zip(kept, copies)), keep
-            assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"]), keep
+        checking_previous.stage = backend.stage
+        with checking():
+            res = sample(ALGOS["chords-k8"], checking_previous, enc.x0, enc.step, enc.num_steps)
+        assert torch.equal(torch.stack([h.x for h in res.hits]), ref["chords-k8"])
 
 
 def test_no_room_in_shared_memory_falls_back_to_sockets(local_outputs, monkeypatch, caplog):
