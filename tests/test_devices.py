@@ -262,3 +262,16 @@ def test_gpu_check_runs_its_steps_on_the_cpu(python):
     steps = [line.split(" ", 2)[1].rstrip(":") for line in lines]
     assert steps == ["environment", "nccl", "bf16-matmul", "defaults", "cuda-tests", "flux-mid", "gpu_check"]
     assert "hardware=auto: " in r.stdout and "per sample" in r.stdout and "ms per round" in r.stdout
+
+
+def test_every_rank_reports_its_peak_host_memory(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(ROOT)
+    cfg = compose([f"output_base_path={tmp_path}", "hardware=cpu", "ngpu=2", "algo.num_cores=2", "algo.init_t=0-4",
+                   "model.num_inference_steps=6", "prompt_file=prompts/digits_demo.txt", "reference=false"])
+    with caplog.at_level(logging.INFO):
+        run(cfg)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "worker rank 1 loaded model 'digits': peak host memory" in text
+    assert "peak host memory of rank 0:" in text

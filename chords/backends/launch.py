@@ -231,7 +231,8 @@ def await_loaded(procs: Sequence[mp.Process], readers: dict[Connection, int], lo
             except (EOFError, OSError):
                 pass
             conn.close()
-            if msg == "ok":
+            if isinstance(msg, tuple) and msg[0] == "ok":
+                log.info("worker rank %d loaded model %r: peak host memory %.1f GB", rank, name, msg[1])
                 continue
             if not msg:  # its end of the pipe closed: it is exiting; let it finish so that its code is known
                 procs[rank - 1].join(timeout=2)

@@ -27,7 +27,8 @@ from chords.backends.liveness import Progress, Rank0Watch, bounded, store_client
 from chords.backends.local import forward
 from chords.backends.shm import SharedSlots
 from chords.backends.wire import Cmd, Header, empty_header, peer_gone, recv_object, send_object, share_cap
-from chords.models.base import Adapter, load_adapter_class
+from chords.models.base import Adapter, cond_to, load_adapter_class
+from chords.sysinfo import peak_rss_gb
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None,
                 dist.send(done, 0)  # acknowledged: rank 0 may take the group down
                 return
             if h.cmd == Cmd.COND:
-                cond = {k: v.to(device) for k, v in recv_object(0, comm).items()}
+                cond = cond_to(recv_object(0, comm), device)  # 0-d scalars stay on the host
                 continue
             if h.cmd == Cmd.SHAPE:
                 new_shape, paths = recv_object(0, comm)
@@ -122,7 +123,7 @@ def run_sequential(adapter: Adapter, x0: Tensor, cond: Mapping[str, Tensor], ste
     from chords.core import Sequential, sample
 
     device = adapter.device
-    cond = {k: v.to(device) for k, v in cond.items()}
+    cond = cond_to(cond, device)
 
     def now() -> float:
         if device.type == "cuda":
@@ -184,7 +185,7 @@ def _worker_main(rank: int, world_size: int, host: str, port: int, adapter_path:
         traceback.print_exc()
         ready.send(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
         sys.exit(1)
-    ready.send("ok")
+    ready.send(("ok", peak_rss_gb()))  # rank 0 logs each rank's peak host memory after loading
     ready.close()
     _join_and_serve(adapter, rank, world_size, f"tcp://{host}:{port}", host, port, dist_backend, device, cap, max_batch,
                     f"worker rank {rank}")
@@ -229,6 +230,7 @@ def serve_torchrun(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     adapter = load_adapter_class(adapter_path)(dict(model_cfg), device, "denoiser")
+    log.info("rank %d loaded model %r: peak host memory %.1f GB", rank, model_cfg.get("model_name"), peak_rss_gb())
     host, port = env["master"].rsplit(":", 1)
     _join_and_serve(adapter, rank, env["world_size"], "env://", host, int(port), dist_backend, device,
                     share_cap(num_cores, env["world_size"]), max_batch, f"rank {rank}{node_of(rank, env)}")
