@@ -1,0 +1,246 @@
+"""Distil an EPD table (``algo=epd``) for an embedded model against its own fine solve.
+
+    python scripts/train_epd.py --model digits --steps 4 --directions 2
+    python scripts/train_epd.py --model moving-digits --steps 4 --directions 2 --teacher-steps 1000
+
+What it does (forward only, no gradients):
+
+1. Training samples: one prompt per class (digits: "a handwritten digit d"; moving-digits: a digit,
+   a direction and a speed, cycling), ``--samples`` noises per prompt drawn from seeds starting at
+   ``--seed-base`` (default 1,000,000: every evaluation seed in this project is below 10,000 -
+   the experiments use 0-4, the model configs 42, the studies 0..seeds-1), so no evaluation sample
+   is ever a training sample.
+2. Teacher: Euler with ``--teacher-steps`` steps in all (1000 by default; 50 is the other teacher
+   the issue names), ``ceil(T / M)`` equal steps in the grid position inside each of the student's
+   ``M`` coarse steps (fractional positions, sigma linear between the coarse grid's entries, as
+   the adapter reads it). Its states at the coarse times ``x*_1 .. x*_M`` are the targets.
+3. Fit, step by step along the student's own trajectory (greedy, as the student will run): at
+   step ``n`` from the student's states ``x_n``, evaluate ``d_n`` once and the direction ``g(r)``
+   at every ``r`` of a grid (``--r-grid`` values in (0, 1]); for every set of ``K`` distinct grid
+   values, solve the non-negative least squares ``min_beta || x_n + h sum_k beta_k g(r_k) -
+   x*_{n+1} ||^2`` over all training samples (``h`` = sigma step; scipy.optimize.nnls); keep the
+   best set. ``beta`` becomes the table's weights ``w = beta / sum(beta)`` (non-negative, sum 1)
+   and one scale factor ``c = sum(beta)`` clipped to its bounds; time scales stay 1 (fitting them
+   would need a search over evaluation labels too). Then the student advances with the fitted step.
+
+Deterministic: one intra-op thread, fixed seeds, exhaustive search in a fixed order, so the same
+command writes the same file bit for bit (``tests/test_train_epd.py`` checks it). It prints the
+training RMSE per step against the teacher, beside the untrained rule and plain Euler, and writes
+the table (``chords/models/weights/epd/{model}-n{M}-k{K}.json`` by default) with its training log
+in the file's ``training`` field (no wall time or paths in the file, so that it is reproducible).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from scipy.optimize import nnls
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from baselines.epd import EPD, SCALE_BOUNDS, EPDTable  # noqa: E402
+from chords.core import sample  # noqa: E402
+from chords.digitnet import DIRECTIONS, SPEEDS  # noqa: E402
+from chords.epd_tables import TABLE_DIR, table_key, write_table  # noqa: E402
+from chords.models.base import load_adapter_class  # noqa: E402
+
+log = logging.getLogger("train_epd")
+MODELS = ("digits", "moving-digits")
+#: every evaluation seed in the project is far below this
+SEED_BASE = 1_000_000
+
+
+def prompts_for(model: str, classes: int = 10) -> list[str]:
+    if model == "digits":
+        return [f"a handwritten digit {d}" for d in range(classes)]
+    return [f"a {d} moving {DIRECTIONS[d % len(DIRECTIONS)]} {SPEEDS[d % len(SPEEDS)]}" for d in range(classes)]
+
+
+class Batch:
+    """Training samples grouped by prompt (one conditioning each), evaluated group by group."""
+
+    def __init__(self, adapter, prompts: list[str], samples: int, seed_base: int):
+        self.adapter = adapter
+        self.groups = []  # (cond, x0 [samples, *S])
+        for p_i, prompt in enumerate(prompts):
+            encs = [adapter.encode(prompt, seed_base + p_i * samples + s) for s in range(samples)]
+            self.groups.append((encs[0].cond, torch.stack([e.x0 for e in encs])))
+        self.step = encs[0].step
+        self.num_steps = encs[0].num_steps
+
+    def x0(self) -> list[torch.Tensor]:
+        return [x for _, x in self.groups]
+
+    def velocity(self, xs: list[torch.Tensor], position: float | int) -> list[torch.Tensor]:
+        out = []
+        for (cond, _), x in zip(self.groups, xs):
+            pos = torch.full((x.shape[0],), position, dtype=torch.float64 if isinstance(position, float) else torch.long)
+            out.append(self.adapter.velocity(x, pos, cond))
+        return out
+
+
+def teacher_states(batch: Batch, teacher_steps: int) -> list[list[torch.Tensor]]:
+    """Euler with ceil(T / M) equal sub-steps per coarse step: states at positions 1..M."""
+    m = batch.num_steps
+    sub = max(1, math.ceil(teacher_steps / m))
+    xs = batch.x0()
+    out = []
+    for n in range(m):
+        for s in range(sub):
+            a = n if s == 0 else n + s / sub
+            b = n + 1 if s == sub - 1 else n + (s + 1) / sub
+            v = batch.velocity(xs, a)
+            xs = [batch.step(x, vi, a, b) for x, vi in zip(xs, v)]
+        out.append(xs)
+    return out
+
+
+def _flat(ts: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat([t.reshape(-1) for t in ts]).double().numpy()
+
+
+def rmse(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(np.sqrt(np.mean((_flat(a) - _flat(b)) ** 2)))
+
+
+def fit(batch: Batch, targets: list[list[torch.Tensor]], k: int, r_grid: Sequence[float]) -> tuple[EPDTable, list[dict]]:
+    """The greedy forward-only fit (module docstring); returns the table and a per-step log."""
+    m = batch.num_steps
+    lo, hi = SCALE_BOUNDS
+    xs = batch.x0()
+    rows_r, rows_w, rows_c, steps_log = [], [], [], []
+    for n in range(m):
+        h = float(batch.step.sigma(n + 1, torch.float64) - batch.step.sigma(n, torch.float64))
+        d = batch.velocity(xs, n)
+        g = {}
+        for r in r_grid:
+            pred = [batch.step(x, di, n, n + r) for x, di in zip(xs, d)]
+            g[r] = _flat(batch.velocity(pred, float(n + r)))
+        want = (_flat(targets[n]) - _flat(xs)) / h  # the velocity that would hit the teacher exactly
+        best = None
+        for combo in itertools.combinations(r_grid, k):
+            a = np.stack([g[r] for r in combo], axis=1)
+            beta, _ = nnls(a, want)
+            if beta.sum() <= 0:
+                continue
+            total = float(np.clip(beta.sum(), lo, hi))
+            w = beta / beta.sum()
+            resid = float(np.sqrt(np.mean((a @ (w * total) - want) ** 2)) * abs(h))
+            if best is None or resid < best[0]:
+                best = (resid, combo, w, total)
+        _, combo, w, total = best
+        rows_r.append([float(r) for r in combo])
+        rows_w.append([float(v) for v in w])
+        rows_c.append([total] * k)
+        # advance the student with the fitted step
+        combo_v = [sum(float(wk) * total * gk for wk, gk in zip(w, gs)) for gs in zip(*[
+            batch.velocity([batch.step(x, di, n, n + r) for x, di in zip(xs, d)], float(n + r)) for r in combo])]
+        xs = [batch.step(x, v.to(x.dtype), n, n + 1) for x, v in zip(xs, combo_v)]
+        steps_log.append({"step": n, "r": rows_r[-1], "weights": rows_w[-1], "scale": total,
+                          "train_rmse_vs_teacher": rmse(xs, targets[n])})
+        log.info("step %d: r=%s w=%s c=%.4f, training RMSE vs teacher %.5f", n, [f"{r:.3f}" for r in combo],
+                 [f"{v:.3f}" for v in w], total, steps_log[-1]["train_rmse_vs_teacher"])
+    # the weights' rounding to sum exactly 1 (the table's check is 1e-9)
+    rows_w = [[v / sum(row) for v in row] for row in rows_w]
+    return EPDTable.build(rows_r, rows_w, rows_c), steps_log
+
+
+def solve_rule(batch: Batch, table: EPDTable) -> list[torch.Tensor]:
+    """The student with ``table`` on every training sample (the same arithmetic as algo=epd)."""
+    xs = batch.x0()
+    algo = EPD(table.num_directions, table)
+    for n in range(batch.num_steps):
+        d = batch.velocity(xs, n)
+        r, labels, beta = algo.coefficients(table, n)
+        gs = [batch.velocity([batch.step(x, di, n, n + f) for x, di in zip(xs, d)], float(n + lab)) for f, lab in zip(r, labels)]
+        combo = [sum(b * g[i] for b, g in zip(beta, gs)) for i in range(len(xs))]
+        xs = [batch.step(x, v.to(x.dtype), n, n + 1) for x, v in zip(xs, combo)]
+    return xs
+
+
+def euler(batch: Batch) -> list[torch.Tensor]:
+    xs = batch.x0()
+    for n in range(batch.num_steps):
+        v = batch.velocity(xs, n)
+        xs = [batch.step(x, vi, n, n + 1) for x, vi in zip(xs, v)]
+    return xs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=MODELS, default="digits")
+    ap.add_argument("--steps", type=int, default=4, help="M, the coarse steps (model.num_inference_steps)")
+    ap.add_argument("--directions", type=int, default=2, help="K, the parallel directions per step (algo.num_cores)")
+    ap.add_argument("--guidance", type=float, default=None, help="model.guidance_scale (default: the model config's)")
+    ap.add_argument("--shift", type=float, default=None, help="model.shift (default: the model config's)")
+    ap.add_argument("--teacher-steps", type=int, default=1000, help="the teacher's Euler steps in all (1000 or 50)")
+    ap.add_argument("--samples", type=int, default=4, help="noises per class prompt")
+    ap.add_argument("--classes", type=int, default=10, help="class prompts (0-9)")
+    ap.add_argument("--seed-base", type=int, default=SEED_BASE, help="first training seed (evaluation seeds are < 10000)")
+    ap.add_argument("--r-grid", type=int, default=10, help="grid values of r: 1/G, 2/G, ..., 1")
+    ap.add_argument("--out", type=Path, default=None, help="table file (default chords/models/weights/epd/{model}-n{M}-k{K}.json)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: deterministic everywhere)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("steps", "directions", "teacher_steps", "samples", "classes", "r_grid", "threads"):
+        if getattr(a, name) < 1:
+            print(f"error: --{name.replace('_', '-')} {getattr(a, name)} is invalid: it must be an integer >= 1", file=sys.stderr)
+            return 2
+    if a.directions > a.r_grid:
+        print(f"error: --directions {a.directions} is invalid: at most --r-grid ({a.r_grid}) distinct r values", file=sys.stderr)
+        return 2
+    if a.seed_base < 10_000:
+        print(f"error: --seed-base {a.seed_base} is invalid: training seeds must stay >= 10000, above every evaluation seed", file=sys.stderr)
+        return 2
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{a.model}.yaml")
+    cfg.num_inference_steps = a.steps
+    if a.guidance is not None:
+        cfg.guidance_scale = a.guidance
+    if a.shift is not None:
+        cfg.shift = a.shift
+    adapter = load_adapter_class(cfg.adapter)(cfg, "cpu", "full")
+    batch = Batch(adapter, prompts_for(a.model, a.classes), a.samples, a.seed_base)
+    with torch.no_grad():
+        targets = teacher_states(batch, a.teacher_steps)
+        r_grid = [i / a.r_grid for i in range(1, a.r_grid + 1)]
+        table, steps_log = fit(batch, targets, a.directions, r_grid)
+        final = targets[-1]
+        scores = {
+            "euler_same_steps": rmse(euler(batch), final),
+            "untrained": rmse(solve_rule(batch, EPDTable.untrained(a.steps, a.directions)), final),
+            "fitted": rmse(solve_rule(batch, table), final),
+        }
+    seconds = time.perf_counter() - t0
+    for name, v in scores.items():
+        log.info("training RMSE at data vs the teacher: %-17s %.5f", name, v)
+    log.info("%.1f s", seconds)
+    out = a.out or TABLE_DIR / f"{a.model}-n{a.steps}-k{a.directions}.json"
+    training = {
+        "script": "scripts/train_epd.py", "method": "forward-only: grid search over r, NNLS for the weights",
+        "teacher": f"Euler-{a.teacher_steps}",
+        "prompts": prompts_for(a.model, a.classes), "samples_per_prompt": a.samples,
+        "seeds": [a.seed_base, a.seed_base + a.classes * a.samples - 1], "r_grid": r_grid,
+        "steps": steps_log, "rmse_at_data_vs_teacher": scores, "torch": torch.__version__, "threads": a.threads,
+    }
+    write_table(out, table, table_key(cfg, a.directions, "euler"), training)
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
