@@ -319,3 +319,44 @@ def test_the_tables_content_is_in_the_run_key(tmp_path, monkeypatch):
     data["r"][0][0] = 0.41  # the same file name, refitted numbers
     path.write_text(json.dumps(data))
     assert key()[0] != first
+
+
+# --------------------------------------------------------------------------- the diffusers adapters (tiny models)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3-5", "hunyuan", "wan2-1", "cogvideo"])
+def test_adapters_take_fractional_positions(family):
+    """Integer-valued floats give the integer velocity bit for bit; EPD runs end to end."""
+    from tests.test_adapters import Family
+
+    f = Family(family)
+    enc = f.encoded()
+    n = enc.num_steps
+    xs = torch.stack([enc.x0, enc.x0])
+    ints = torch.tensor([2, n - 1])
+    a = f.full.velocity(xs, ints, enc.cond)
+    b = f.full.velocity(xs, ints.to(F64), enc.cond)
+    assert a.dtype == b.dtype and torch.equal(a, b)
+    # a denoiser-only worker reads a fractional position from cond alone, as the full adapter does
+    frac = torch.tensor([1.5, n - 0.25], dtype=F64)
+    c = f.full.velocity(xs, frac, enc.cond)
+    assert torch.isfinite(c).all() and not torch.equal(c, a)
+    assert torch.equal(c, f.denoiser.velocity(xs, frac, enc.cond))
+    res = sample(EPD(2), lambda x, s: f.full.velocity(x, s, enc.cond), enc.x0, enc.step, n)
+    assert res.rounds == 2 * n and res.output.dtype == enc.x0.dtype and torch.isfinite(res.output).all()
+
+
+def test_cogvideo_dynamic_guidance_at_a_fractional_position_is_the_pipelines_rule():
+    from chords.models.cogvideo import dynamic_guidance
+    from tests.test_adapters import Family
+
+    f = Family("cogvideo")
+    enc = f.encoded()
+    ts = enc.cond["timesteps"]
+    table = enc.cond["guidance_per_step"]
+    n = len(ts)
+    got = f.full.guidance_at(table, ts, torch.tensor([1.5, 2.0], dtype=F64), 1)
+    t = (float(ts[1]) + float(ts[2])) / 2
+    want = dynamic_guidance(f.cfg["guidance_scale"], [t, float(ts[2])], n)
+    assert got.tolist() == torch.tensor(want, dtype=torch.float32).tolist()
+    assert got[1] == f.full.guidance_at(table, ts, torch.tensor([2]), 1)[0]
