@@ -1,7 +1,12 @@
-"""Distil an EPD table (``algo=epd``) for an embedded model against its own fine solve.
+"""Distil an EPD table (``algo=epd``) for a model against its own fine solve.
 
     python scripts/train_epd.py --model digits --steps 4 --directions 2
     python scripts/train_epd.py --model moving-digits --steps 4 --directions 2 --teacher-steps 1000
+    python scripts/train_epd.py --model flux --prompt-file prompts/image_demo.txt --device cuda \
+        --steps 8 --directions 2 --teacher-steps 200 --samples 2      # a real model, on a GPU
+
+Any model config works (the fit uses only the adapter's encode / velocity and its step function);
+the embedded models have built-in class prompts, others need ``--prompt-file``.
 
 What it does (forward only, no gradients):
 
@@ -18,7 +23,8 @@ What it does (forward only, no gradients):
    step ``n`` from the student's states ``x_n``, evaluate ``d_n`` once and the direction ``g(r)``
    at every ``r`` of a grid (``--r-grid`` values in (0, 1]); for every set of ``K`` distinct grid
    values, solve the non-negative least squares ``min_beta || x_n + h sum_k beta_k g(r_k) -
-   x*_{n+1} ||^2`` over all training samples (``h`` = sigma step; scipy.optimize.nnls); keep the
+   x*_{n+1} ||^2`` over all training samples (``h``: the step's slope in the velocity, the sigma
+   step for Euler; every step function here is affine in the velocity; scipy.optimize.nnls); keep the
    best set. ``beta`` becomes the table's weights ``w = beta / sum(beta)`` (non-negative, sum 1)
    and one scale factor ``c = sum(beta)`` clipped to its bounds; time scales stay 1 (fitting them
    would need a search over evaluation labels too). Then the student advances with the fitted step.
@@ -56,12 +62,14 @@ from chords.epd_tables import TABLE_DIR, table_key, write_table  # noqa: E402
 from chords.models.base import load_adapter_class  # noqa: E402
 
 log = logging.getLogger("train_epd")
-MODELS = ("digits", "moving-digits")
+EMBEDDED = ("digits", "moving-digits")
 #: every evaluation seed in the project is far below this
 SEED_BASE = 1_000_000
 
 
-def prompts_for(model: str, classes: int = 10) -> list[str]:
+def prompts_for(model: str, classes: int = 10, prompt_file: Path | None = None) -> list[str]:
+    if prompt_file is not None:
+        return [ln.strip() for ln in prompt_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if model == "digits":
         return [f"a handwritten digit {d}" for d in range(classes)]
     return [f"a {d} moving {DIRECTIONS[d % len(DIRECTIONS)]} {SPEEDS[d % len(SPEEDS)]}" for d in range(classes)]
@@ -107,7 +115,16 @@ def teacher_states(batch: Batch, teacher_steps: int) -> list[list[torch.Tensor]]
 
 
 def _flat(ts: list[torch.Tensor]) -> np.ndarray:
-    return torch.cat([t.reshape(-1) for t in ts]).double().numpy()
+    return torch.cat([t.reshape(-1).double().cpu() for t in ts]).numpy()
+
+
+def affine_step(batch: Batch, xs: list[torch.Tensor], n: int) -> tuple[np.ndarray, float]:
+    """(step(x, 0), b) with step(x, v) = step(x, 0) + b v: every step function here is affine in v
+    with a scalar slope (Euler: the sigma step; DDIM: its x0 coefficient), computed in float64."""
+    base = [batch.step(x.double(), torch.zeros_like(x, dtype=torch.float64), n, n + 1) for x in xs]
+    one = [batch.step(x.double(), torch.ones_like(x, dtype=torch.float64), n, n + 1) for x in xs]
+    slope = float((one[0] - base[0]).reshape(-1)[0])
+    return _flat(base), slope
 
 
 def rmse(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -121,13 +138,13 @@ def fit(batch: Batch, targets: list[list[torch.Tensor]], k: int, r_grid: Sequenc
     xs = batch.x0()
     rows_r, rows_w, rows_c, steps_log = [], [], [], []
     for n in range(m):
-        h = float(batch.step.sigma(n + 1, torch.float64) - batch.step.sigma(n, torch.float64))
+        base, h = affine_step(batch, xs, n)
         d = batch.velocity(xs, n)
         g = {}
         for r in r_grid:
             pred = [batch.step(x, di, n, n + r) for x, di in zip(xs, d)]
             g[r] = _flat(batch.velocity(pred, float(n + r)))
-        want = (_flat(targets[n]) - _flat(xs)) / h  # the velocity that would hit the teacher exactly
+        want = (_flat(targets[n]) - base) / h  # the velocity that would hit the teacher exactly
         best = None
         for combo in itertools.combinations(r_grid, k):
             a = np.stack([g[r] for r in combo], axis=1)
@@ -179,7 +196,10 @@ def euler(batch: Batch) -> list[torch.Tensor]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", choices=MODELS, default="digits")
+    ap.add_argument("--model", default="digits", help="a configs/model/ name (digits, moving-digits, tiny-flux, flux, ...)")
+    ap.add_argument("--prompt-file", type=Path, default=None,
+                    help="training prompts, one a line (default for digits / moving-digits: one per class)")
+    ap.add_argument("--device", default="cpu", help="where the model runs (cuda for a real model)")
     ap.add_argument("--steps", type=int, default=4, help="M, the coarse steps (model.num_inference_steps)")
     ap.add_argument("--directions", type=int, default=2, help="K, the parallel directions per step (algo.num_cores)")
     ap.add_argument("--guidance", type=float, default=None, help="model.guidance_scale (default: the model config's)")
@@ -203,18 +223,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.seed_base < 10_000:
         print(f"error: --seed-base {a.seed_base} is invalid: training seeds must stay >= 10000, above every evaluation seed", file=sys.stderr)
         return 2
+    models = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
+    if a.model not in models:
+        print(f"error: --model {a.model!r} is unknown: use one of {', '.join(models)}", file=sys.stderr)
+        return 2
+    if a.prompt_file is None and a.model not in EMBEDDED:
+        print(f"error: --prompt-file is required for --model {a.model} (prompts are built in only for {', '.join(EMBEDDED)})",
+              file=sys.stderr)
+        return 2
+    if a.prompt_file is not None and not a.prompt_file.is_file():
+        print(f"error: --prompt-file {str(a.prompt_file)!r} is not a file", file=sys.stderr)
+        return 2
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
 
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{a.model}.yaml")
-    cfg.num_inference_steps = a.steps
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / f"{a.model}.yaml"), resolve=True)
+    cfg["num_inference_steps"] = a.steps
     if a.guidance is not None:
-        cfg.guidance_scale = a.guidance
+        cfg["guidance_scale"] = a.guidance
     if a.shift is not None:
-        cfg.shift = a.shift
-    adapter = load_adapter_class(cfg.adapter)(cfg, "cpu", "full")
-    batch = Batch(adapter, prompts_for(a.model, a.classes), a.samples, a.seed_base)
+        cfg["shift"] = a.shift
+    cls = load_adapter_class(cfg["adapter"])
+    problems = cls.validate(cfg)
+    if problems:
+        print(f"error: {problems[0]}", file=sys.stderr)
+        return 2
+    adapter = cls(cfg, a.device, "full")
+    prompts = prompts_for(a.model, a.classes, a.prompt_file)
+    batch = Batch(adapter, prompts, a.samples, a.seed_base)
     with torch.no_grad():
         targets = teacher_states(batch, a.teacher_steps)
         r_grid = [i / a.r_grid for i in range(1, a.r_grid + 1)]
@@ -233,8 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = {
         "script": "scripts/train_epd.py", "method": "forward-only: grid search over r, NNLS for the weights",
         "teacher": f"Euler-{a.teacher_steps}",
-        "prompts": prompts_for(a.model, a.classes), "samples_per_prompt": a.samples,
-        "seeds": [a.seed_base, a.seed_base + a.classes * a.samples - 1], "r_grid": r_grid,
+        "prompts": prompts, "samples_per_prompt": a.samples,
+        "seeds": [a.seed_base, a.seed_base + len(prompts) * a.samples - 1], "r_grid": r_grid,
         "steps": steps_log, "rmse_at_data_vs_teacher": scores, "torch": torch.__version__, "threads": a.threads,
     }
     write_table(out, table, table_key(cfg, a.directions, "euler"), training)
