@@ -360,3 +360,17 @@ def test_cogvideo_dynamic_guidance_at_a_fractional_position_is_the_pipelines_rul
     want = dynamic_guidance(f.cfg["guidance_scale"], [t, float(ts[2])], n)
     assert got.tolist() == torch.tensor(want, dtype=torch.float32).tolist()
     assert got[1] == f.full.guidance_at(table, ts, torch.tensor([2]), 1)[0]
+
+
+def test_process_backend_is_refused_until_it_carries_fractional_positions(tmp_path, monkeypatch):
+    """Worker ranks would otherwise truncate EPD's positions to integers (a wrong sample, silently)."""
+    from chords.backends import ProcessBackend
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delattr(ProcessBackend, "fractional_steps", raising=False)
+    with pytest.raises(ConfigError, match="^algo=epd evaluates at fractional grid positions"):
+        validate(digits_cfg(tmp_path, "hardware=cpu"), check_weights=False)
+    validate(digits_cfg(tmp_path, "hardware=cpu", "ngpu=1"), check_weights=False)  # one process: rank 0 only
+    validate(digits_cfg(tmp_path, "hardware=batched"), check_weights=False)
+    monkeypatch.setattr(ProcessBackend, "fractional_steps", True, raising=False)
+    validate(digits_cfg(tmp_path, "hardware=cpu"), check_weights=False)
