@@ -25,6 +25,7 @@ from typing import Any, Collection, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import SRDS, ParaDIGMS
+from baselines.epd import EPD, PREDICTORS
 from chords.chords import CHORDS, parse_init_t
 from chords.core import CoreIndex, Residual, Sequential, StopRule
 from chords.models.base import Adapter, load_adapter_class
@@ -32,7 +33,7 @@ from chords.steps import step_precision_problem
 from chords.paths import writable_problem
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = ("sequential", "chords", "paradigms", "srds")
+ALGORITHMS = ("sequential", "chords", "paradigms", "srds", "epd")
 CRITERIA = ("core_index", "residual", "none")
 BACKENDS = ("processes", "local")
 GROUPS = ("model", "algo", "hardware", "experiment")
@@ -147,6 +148,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("algo.tolerance", "number", 0),
     Setting("algo.num_blocks", "int", 1, MAX_STEPS, null=True, note="srds; at most N; null = round(sqrt N)"),
     Setting("algo.max_iters", "int", 1, MAX_STEPS, null=True, note="srds; null = num_blocks"),
+    Setting("algo.table", "text", null=True, note="epd; a table file (scripts/train_epd.py); null = the untrained rule"),
+    Setting("algo.perturb", "bool"),
     Setting("algo.verbose", "bool"),
     Setting("algo.full_return", "bool"),
     Setting("hardware.threads_per_process", "int", 0, 1024, note="0 = torch's default"),
@@ -159,6 +162,7 @@ CHOICES: dict[str, str] = {
     "algo.algo_name": ", ".join(ALGORITHMS) + " (chosen by algo=)",
     "algo.init_t": "0-2-4-8-16-24-32-40 (increasing grid indices from 0, one per core, below N), preset, auto, uniform",
     "algo.stopping_kwargs.criterion": ", ".join(CRITERIA),
+    "algo.predictor": ", ".join(PREDICTORS) + " (epd)",
     "hardware.backend": ", ".join(BACKENDS),
     "hardware.mode": "loop, batched (backend local)",
     "hardware.device": "auto, cpu, cuda (processes: rank r on cuda:r); local also cuda:N, mps - each must exist",
@@ -298,7 +302,9 @@ def build_algorithm(algo: DictConfig | dict) -> tuple[Any, StopRule | None]:
             algorithm = CHORDS(num_cores=k, init_t=init_t if isinstance(init_t, (str, type(None))) else tuple(init_t), speedup=algo.get("speedup"))
         elif name == "paradigms":
             algorithm = ParaDIGMS(num_cores=k, tolerance=algo.get("tolerance", 0.1))
-        else:
+        elif name == "epd":
+            algorithm = build_epd(algo, k)
+        elif name == "srds":
             algorithm = SRDS(num_cores=k, num_blocks=algo.get("num_blocks"), tolerance=algo.get("tolerance", 0.05), max_iters=algo.get("max_iters"))
     except ValueError as e:
         raise ConfigError(f"algo.{e}") from None
@@ -321,6 +327,43 @@ def build_algorithm(algo: DictConfig | dict) -> tuple[Any, StopRule | None]:
     return algorithm, stop
 
 
+def build_epd(algo: DictConfig | dict, k: int) -> EPD:
+    """algo=epd: reads the table file it names (ConfigError, one line, when it cannot)."""
+    from chords.epd_tables import read_table
+
+    # ValueErrors here get build_algorithm's "algo." prefix
+    predictor = algo.get("predictor", "euler")
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor {predictor!r} is invalid: use one of {', '.join(PREDICTORS)}")
+    table = None
+    if algo.get("table") is not None:
+        try:
+            table, _, _ = read_table(algo.get("table"))
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("algo.")) from None
+    return EPD(num_cores=k, table=table, predictor=predictor, perturb=bool(algo.get("perturb", True)))
+
+
+def _carries_fractional_steps() -> bool:
+    """Whether the process backend sends fractional grid positions to its workers (it declares it
+    with a class attribute ``fractional_steps = True``); until then algo=epd is refused there
+    rather than evaluated at truncated positions on the worker ranks."""
+    from chords.backends import ProcessBackend
+
+    return bool(getattr(ProcessBackend, "fractional_steps", False))
+
+
+def epd_table_problem(algo: DictConfig | dict, model: DictConfig | dict) -> str | None:
+    """A one-line message when algo=epd's table was fitted for another model, grid or setting."""
+    from chords.epd_tables import key_problem, read_table, table_key
+
+    name = algo.get("table")
+    if name is None:
+        return None
+    _, key, _ = read_table(name)
+    return key_problem(key, table_key(model, algo.get("num_cores", 1), algo.get("predictor", "euler")), str(name))
+
+
 def algo_tag(algo: DictConfig | dict, algorithm: Any, stop: StopRule | None, num_steps: int) -> str:
     """A readable folder name for an algorithm setting (eval never parses it)."""
     name = algo["algo_name"]
@@ -331,6 +374,13 @@ def algo_tag(algo: DictConfig | dict, algorithm: Any, stop: StopRule | None, num
         parts.append("-".join(str(i) for i in algorithm.resolve_init_t(num_steps)))
     elif name == "paradigms":
         parts.append(f"tol{algorithm.tolerance:g}")
+    elif name == "epd":
+        table = algo.get("table")
+        parts.append("untrained" if table is None else Path(str(table)).stem)
+        if algorithm.predictor != "euler":
+            parts.append(algorithm.predictor)
+        if not algorithm.perturb:
+            parts.append("noperturb")
     else:
         parts += [f"b{algorithm.blocks(num_steps)}", f"tol{algorithm.tolerance:g}"]
         if algorithm.max_iters is not None:
@@ -530,6 +580,10 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
     algorithm, stop = build_algorithm(cfg.algo)
     if cfg.algo.algo_name == "chords" and algorithm.num_cores > n:
         raise ConfigError(_cores_vs_steps(core_key, algorithm.num_cores, n, typed))
+    if cfg.algo.algo_name == "epd":
+        problem = epd_table_problem(cfg.algo, model)
+        if problem:
+            raise ConfigError(problem)
     try:
         algorithm.check(n)
         if stop is not None:
@@ -539,6 +593,11 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
         raise ConfigError(msg if msg.startswith(("stop", "residual")) else f"algo.{msg}") from None
 
     ws = world_size(cfg, algorithm.num_cores, core_key, fit_gpus=chosen_by_auto)
+    if cfg.algo.algo_name == "epd" and hw.get("backend") == "processes" and ws > 1 and not _carries_fractional_steps():
+        raise ConfigError(
+            "algo=epd evaluates at fractional grid positions, which hardware.backend=processes does not carry to "
+            "other ranks yet: use hardware=batched or hardware=local (or one process: ngpu=1)"
+        )
     prompts = inline_prompts(cfg.get("prompt")) or read_prompts(cfg.prompt_file)
     _per_prompt_check(model, adapter_cls)
     missing = adapter_cls.missing_weights(model) if check_weights else None

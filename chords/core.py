@@ -9,9 +9,12 @@ Conventions (DESIGN.md, "Core API"):
 
 * ``velocity(xs, steps)``: ``xs`` is a stack ``[B, *S]`` of states, ``steps`` a LongTensor
   ``[B]`` of grid indices in ``[0, num_steps)``; returns ``[B, *S]``. One call is one parallel
-  round and ``B <= algorithm.num_cores``.
-* ``step(x, v, i, j)`` advances ``x`` from grid index ``i`` to ``j > i`` with the velocity ``v``
-  evaluated at ``(x, i)``. Index 0 is pure noise, ``num_steps`` is data.
+  round and ``B <= algorithm.num_cores``. An algorithm that asks for a fractional grid position
+  (a Python float, e.g. EPD's intermediate times) makes ``steps`` a float64 tensor instead
+  (:mod:`chords.positions`); integer requests give the LongTensor as before.
+* ``step(x, v, i, j)`` advances ``x`` from grid position ``i`` to ``j > i`` with the velocity ``v``
+  evaluated at ``(x, i)``. Index 0 is pure noise, ``num_steps`` is data; ``i`` and ``j`` may be
+  fractional (floats) for the step functions of :mod:`chords.steps`.
 * The buffer rule (:mod:`chords.buffers`): the stacked ``xs`` a velocity receives is valid for
   that call only (:func:`sample` stacks the next round into the same memory), and the velocities
   it returns are valid until its next call; whatever an oracle or an algorithm keeps beyond that,
@@ -28,6 +31,7 @@ from typing import Callable, Generator, Protocol, Sequence
 import torch
 
 from chords.buffers import RoundBuffers, checking_enabled, poison
+from chords.positions import as_positions
 
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -198,7 +202,7 @@ def sample(
                     f"it has {algorithm.num_cores} core(s)"
                 )
             stacked = _stack(list(xs), stacks, algorithm.num_cores, stage)
-            v = velocity(stacked, torch.as_tensor(list(steps), dtype=torch.long))
+            v = velocity(stacked, as_positions(steps))
             del xs, request
             rounds += 1
             nfe += batch

@@ -285,6 +285,11 @@ def _resolved_algo(cfg: DictConfig, spec: RunSpec) -> dict:
     algo = OmegaConf.to_container(cfg.algo, resolve=True)
     if algo["algo_name"] == "chords":
         algo["init_t"] = spec.algorithm.resolve_init_t(spec.num_steps)
+    if algo["algo_name"] == "epd" and algo.get("table") is not None:
+        from chords.epd_tables import resolve_path, table_digest
+
+        # the table's content, not only its name: a refitted table never shares a run folder
+        algo["table_sha1"] = table_digest(resolve_path(algo["table"]))
     return algo
 
 

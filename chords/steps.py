@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from chords.positions import at_positions, is_fractional, scalar_at
+
 Tensor = torch.Tensor
 
 #: accepted values of ``precision`` / the model config key ``step_precision``; the first is the default
@@ -69,7 +71,7 @@ def _same_bits_in_place(x: Tensor, v: Tensor, cd: torch.dtype) -> bool:
     return x.dtype == cd or (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16))
 
 
-def _check_indices(i: int, j: int, num_steps: int) -> None:
+def _check_indices(i: int | float, j: int | float, num_steps: int) -> None:
     if not 0 <= i < j <= num_steps:
         raise ValueError(f"step from grid index {i} to {j} is invalid: need 0 <= i < j <= {num_steps}")
 
@@ -114,16 +116,22 @@ class EulerStep:
             g = self._by_dtype[key] = self.sigmas.to(device=device, dtype=dtype)
         return g
 
-    def delta(self, i: int, j: int, dtype: torch.dtype = torch.float32) -> float:
-        g = self._grid(dtype)
-        return (g[j] - g[i]).item()
+    def sigma(self, position: int | float, dtype: torch.dtype, device: torch.device = torch.device("cpu")) -> Tensor:
+        """sigma at a grid position as a 0-d tensor of ``dtype``: the grid's entry for an integer,
+        linear interpolation in the grid index (:mod:`chords.positions`) of the stored grid for a
+        float, rounded to ``dtype`` once (a float equal to an integer gives that entry exactly)."""
+        if not is_fractional(position):
+            return self._grid(dtype, device)[position]
+        return scalar_at(self.sigmas, position).to(device=device, dtype=dtype)
 
-    def __call__(self, x: Tensor, v: Tensor, i: int, j: int) -> Tensor:
+    def delta(self, i: int | float, j: int | float, dtype: torch.dtype = torch.float32) -> float:
+        return (self.sigma(j, dtype) - self.sigma(i, dtype)).item()
+
+    def __call__(self, x: Tensor, v: Tensor, i: int | float, j: int | float) -> Tensor:
         _check_indices(i, j, self.num_steps)
         cd = _compute_dtype(x, v)
         if self.precision == "model":
-            g = self._grid(cd, x.device)
-            dt = g[j] - g[i]  # a 0-d tensor, as the scheduler's sigma_next - sigma
+            dt = self.sigma(j, cd, x.device) - self.sigma(i, cd, x.device)  # 0-d: the scheduler's sigma_next - sigma
             if _same_bits_in_place(x, v, cd):
                 # the same operations without a float32 copy of x: p = dt * v, then p + x in place
                 out = dt * v
@@ -198,8 +206,13 @@ class DDIMStep:
         object.__setattr__(self, "alphas_cumprod", ac)
         object.__setattr__(self, "timesteps", ts)
         # alpha-bar at every grid index 0..num_steps
-        grid = torch.cat([ac[ts], torch.tensor([float(self.final_alpha_cumprod)], dtype=torch.float64)])
+        final = torch.tensor([float(self.final_alpha_cumprod)], dtype=torch.float64)
+        grid = torch.cat([ac[ts], final])
         object.__setattr__(self, "_alpha_grid", grid)
+        # for fractional positions: the timestep at every grid index (data at timestep -1, where
+        # DDIM's "previous timestep" of the last step lands), and alpha-bar at timesteps -1..T-1
+        object.__setattr__(self, "_timestep_grid", torch.cat([ts.to(torch.float64), final.new_tensor([-1.0])]))
+        object.__setattr__(self, "_alpha_by_timestep", torch.cat([final, ac]))
 
     @property
     def num_steps(self) -> int:
@@ -211,12 +224,33 @@ class DDIMStep:
             g = self._by_dtype[dtype] = self._alpha_grid.to(dtype)
         return g
 
-    def __call__(self, x: Tensor, v: Tensor, i: int, j: int) -> Tensor:
+    def timestep(self, position: int | float) -> float:
+        """The (continuous) training timestep at a grid position: ``timesteps[i]`` at an integer,
+        -1 at ``num_steps`` (data), linear in the grid index in between (:mod:`chords.positions`)."""
+        return float(scalar_at(self._timestep_grid, position))
+
+    def alpha_bar(self, position: int | float, dtype: torch.dtype) -> Tensor:
+        """alpha-bar at a grid position as a 0-d CPU tensor of ``dtype``.
+
+        Integer positions: the scheduler's ``alphas_cumprod[timesteps[i]]`` (``final_alpha_cumprod``
+        at ``num_steps``), as always. Fractional positions (a documented choice; no scheduler
+        defines them): the continuous timestep ``t`` of :meth:`timestep`, then ``alphas_cumprod``
+        read at ``t`` by linear interpolation between its integer timesteps, with
+        ``final_alpha_cumprod`` standing at timestep -1. Interpolating in the timestep, not in the
+        grid index, keeps the noise schedule's own shape between two widely spaced grid entries
+        (CogVideoX's alpha-bar is far from linear over 20 timesteps near t = 999). A float equal to
+        an integer position gives the integer result bit for bit."""
+        if not is_fractional(position):
+            return self._grid(dtype)[position]
+        t = torch.tensor([self.timestep(position) + 1.0], dtype=torch.float64)
+        return at_positions(self._alpha_by_timestep, t)[0].to(dtype)
+
+    def __call__(self, x: Tensor, v: Tensor, i: int | float, j: int | float) -> Tensor:
         _check_indices(i, j, self.num_steps)
         cd = _compute_dtype(x, v)
         if self.precision == "model":
-            g = self._grid(torch.float64 if cd == torch.float64 else self._model_dtype)
-            a_i, a_j = g[i], g[j]  # 0-d CPU tensors, as the scheduler's alphas_cumprod[t]
+            gd = torch.float64 if cd == torch.float64 else self._model_dtype
+            a_i, a_j = self.alpha_bar(i, gd), self.alpha_bar(j, gd)  # 0-d CPU tensors, as alphas_cumprod[t]
             # the scheduler's operations, in its order, on the tensors as they come
             beta_i = 1 - a_i
             if self.prediction_type == "epsilon":
@@ -226,8 +260,7 @@ class DDIMStep:
             coef_x = ((1 - a_j) / (1 - a_i)) ** 0.5
             coef_x0 = a_j ** 0.5 - a_i ** 0.5 * coef_x
             return (coef_x * x + coef_x0 * x0).to(x.dtype)
-        g = self._grid(cd)
-        a_i, a_j = g[i], g[j]
+        a_i, a_j = self.alpha_bar(i, cd), self.alpha_bar(j, cd)
         xs, out = x.to(cd), v.to(cd)
         sa_i, sb_i = a_i.sqrt(), (1 - a_i).sqrt()
         if self.prediction_type == "epsilon":

@@ -25,6 +25,9 @@
   float32, then ``uncond + g * (cond - uncond)`` with ``g`` per sample: with
   ``use_dynamic_cfg`` the pipeline's schedule ``1 + g * (1 - cos(pi * ((N - t) / N) ** 5)) / 2``
   evaluated at each sample's own timestep ``t`` (precomputed per grid index in ``encode``).
+  Fractional grid positions (EPD) are fed the continuous timestep of
+  :meth:`chords.steps.DDIMStep.timestep` (linear in the grid index, -1 at data) and the
+  guidance rule evaluated there.
   Rotary embeddings (CogVideoX1.5) are computed once by the pipeline and travel in ``cond``.
 """
 from __future__ import annotations
@@ -59,6 +62,8 @@ class CogVideoXAdapter(DiffusersAdapter):
     media = "video"
     pipeline_class = "CogVideoXPipeline"
     transformer_class = "CogVideoXTransformer3DModel"
+    #: DDIM's data end: the "previous timestep" of the last step, where final_alpha_cumprod stands
+    timestep_at_data = -1.0
     required_keys = DiffusersAdapter.required_keys + ("num_frames", "fps")
     tiny_multiple = 16
 
@@ -185,10 +190,25 @@ class CogVideoXAdapter(DiffusersAdapter):
         )[0].float()
         if do_cfg:
             uncond, text = out.chunk(2)
-            g = self.per_state(c["guidance_per_step"], steps, n).to(torch.float32)
+            g = self.guidance_at(c["guidance_per_step"], c["timesteps"], steps, n)
             g = g.view(-1, *([1] * (uncond.ndim - 1)))
             out = uncond + g * (text - uncond)
         return out.reshape(xs.shape).to(xs.device)
+
+    def guidance_at(self, table: Tensor, timesteps: Tensor, steps: Tensor, n: int) -> Tensor:
+        """The CFG scale of each state (float32, repeated for the latent batch ``n``).
+
+        Integer grid indices read the per-step table made in ``encode``. Fractional positions
+        evaluate the pipeline's rule at the continuous timestep: the dynamic schedule's formula
+        there with ``use_dynamic_cfg``, else the constant scale."""
+        if not steps.is_floating_point():
+            return self.per_state(table, steps, n).to(torch.float32)
+        if bool(cfg_get(self.cfg, "use_dynamic_cfg", False)):
+            t = self.per_state(timesteps, steps, 1).tolist()
+            scales = dynamic_guidance(float(cfg_get(self.cfg, "guidance_scale")), t, len(timesteps))
+        else:
+            scales = [float(table[0])] * len(steps)
+        return torch.tensor(scales, dtype=torch.float64, device=table.device).repeat_interleave(n).to(torch.float32)
 
     @torch.no_grad()
     def decode(self, x: Tensor, out_dir: Path, stem: str) -> list[str]:

@@ -26,6 +26,11 @@ Conventions every family follows (see each module's docstring for its specifics)
   (``model``, the default, or ``float32``) is handed to them as ``precision``: ``model``
   rounds as the scheduler does, so sequential sampling equals the pipeline bit for bit in
   every dtype (see :mod:`chords.steps`).
+* ``velocity`` accepts integer grid indices (a LongTensor: table lookups, unchanged) and
+  fractional grid positions (float64, EPD's intermediate times): per-step tables (timesteps,
+  guidance) are then read linearly in the grid index, reaching :attr:`DiffusersAdapter.timestep_at_data`
+  at data (:mod:`chords.positions`), so the timestep stays consistent with the step's
+  interpolated sigma.
 * The noise comes from ``torch.Generator("cpu").manual_seed(seed)`` handed to
   ``prepare_latents``, as the official release does, so it is the same on every device.
 """
@@ -44,6 +49,7 @@ import numpy as np
 import torch
 
 from chords.models.base import Adapter, cond_to
+from chords.positions import at_positions
 from chords.steps import step_precision_problem
 
 log = logging.getLogger(__name__)
@@ -566,10 +572,19 @@ class DiffusersAdapter(Adapter):
         b, n = xs.shape[0], xs.shape[1]
         return xs.reshape(b * n, *xs.shape[2:]), b, n
 
-    @staticmethod
-    def per_state(values: Tensor, steps: Tensor, n: int) -> Tensor:
-        """The table entry of each state's grid index, repeated for the latent batch ``n``."""
-        return values[steps.to(values.device)].repeat_interleave(n)
+    #: the model's timestep at grid position ``num_steps`` (data), where a per-step table stops:
+    #: 0 on the flow-matching grids (timestep = sigma * num_train_timesteps, and the last sigma is 0)
+    timestep_at_data: ClassVar[float] = 0.0
+
+    @classmethod
+    def per_state(cls, values: Tensor, steps: Tensor, n: int, end: float | None = None) -> Tensor:
+        """The table entry of each state's grid position, repeated for the latent batch ``n``.
+
+        Integer ``steps``: ``values[steps]``. Fractional (float64) ``steps``: the table read
+        linearly in the grid index (:func:`chords.positions.at_positions`), with ``end`` (default
+        :attr:`timestep_at_data`) as its value at data, past the last listed position."""
+        end = cls.timestep_at_data if end is None else end
+        return at_positions(values, steps, end=end).repeat_interleave(n)
 
     @staticmethod
     def repeat(t: Tensor | None, b: int) -> Tensor | None:

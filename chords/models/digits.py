@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from chords.models.base import Adapter, Encoded
+from chords.positions import at_positions
 from chords.steps import EulerStep
 
 Tensor = torch.Tensor
@@ -135,7 +136,7 @@ class DigitsExactModel(_EmbeddedImageModel):
         d, d2 = self._subset(int(cond["label"][0]))
         b = xs.shape[0]
         x = xs.reshape(b, -1).to(torch.float64)
-        sig = cond["sigmas"].to(x.device, torch.float64)[steps.to(x.device)][:, None]  # [B, 1]
+        sig = at_positions(cond["sigmas"].to(x.device, torch.float64), steps)[:, None]  # [B, 1]
         a = 1.0 - sig
         # -||x - a d||^2 / (2 sig^2) up to a per-row constant
         logits = (2 * a * (x @ d.T) - a * a * d2[None]) / (2 * sig * sig)
@@ -167,7 +168,7 @@ class GaussianModel(_EmbeddedImageModel):
         return Encoded(self._noise(seed), {"sigmas": sig}, step, step.num_steps)
 
     def velocity(self, xs: Tensor, steps: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        sig = cond["sigmas"].to(xs.device, torch.float64)[steps.to(xs.device)].reshape(-1, *([1] * (xs.ndim - 1)))
+        sig = at_positions(cond["sigmas"].to(xs.device, torch.float64), steps).reshape(-1, *([1] * (xs.ndim - 1)))
         a = 1 - sig
         x = xs.to(torch.float64)
         v = (sig - a * self.s**2) * (x - a * self.mu) / (a**2 * self.s**2 + sig**2) - self.mu

@@ -46,6 +46,7 @@ from chords.digitnet import DIRECTIONS, LATENT_SCALE, SIZE, SPEEDS, decode_laten
 from chords.models.base import Adapter, Encoded
 from chords.models.digits import flow_sigmas, prompt_digit, save_png
 from chords.models.nets import DiT, load_dit, param_count
+from chords.positions import at_positions
 from chords.steps import EulerStep
 from chords.weights import WEIGHTS_DIR, WeightsError, problem, read_checkpoint
 
@@ -167,7 +168,7 @@ class _EmbeddedDiT(Adapter):
         b = xs.shape[0]
         c = self.net.cfg
         x = xs.reshape(b, c.channels, c.frames, c.height, c.width).to(self.device, self.dtype)
-        sigma = cond["sigmas"].to(self.device, self.dtype)[steps.to(self.device)]
+        sigma = at_positions(cond["sigmas"].to(self.device, self.dtype), steps)
         lab = cond["labels"].to(self.device).reshape(1, -1).expand(b, -1)
         if not bool(cond["guided"]):  # a host flag (see encode)
             v = self.net(x, sigma, lab)
