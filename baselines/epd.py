@@ -191,7 +191,7 @@ class EPD:
         for n in range(num_steps):
             d = (yield (x,), (n,))[0]
             if self.predictor == "ipndm":
-                history = (history + [d])[-4:]
+                history = (history + [d.clone()])[-4:]  # kept beyond the round: copied (chords.buffers' rule)
                 p = ipndm_direction(history)
             else:
                 p = d
