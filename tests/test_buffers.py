@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from baselines import SRDS, ParaDIGMS
+from baselines.epd import EPD
 from chords import CHORDS, Sequential, sample
 from chords.buffers import RoundBuffers, checking
 from chords.steps import EulerStep
@@ -47,10 +48,10 @@ def _reusing(fn):
     return velocity
 
 
-ALGOS = [Sequential(), CHORDS(4, "preset"), ParaDIGMS(4, 0.1), SRDS(4)]
+ALGOS = [Sequential(), CHORDS(4, "preset"), ParaDIGMS(4, 0.1), SRDS(4), EPD(2), EPD(2, predictor="ipndm")]
 
 
-@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: type(a).__name__ + getattr(a, "predictor", "").replace("euler", ""))
 def test_every_algorithm_follows_the_rule(algo):
     """Checked (kept velocities and stacked states turn NaN after their round), with an oracle
     that reuses its output buffer and with one that returns its input: every hit is bitwise
