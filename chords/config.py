@@ -344,15 +344,6 @@ def build_epd(algo: DictConfig | dict, k: int) -> EPD:
     return EPD(num_cores=k, table=table, predictor=predictor, perturb=bool(algo.get("perturb", True)))
 
 
-def _carries_fractional_steps() -> bool:
-    """Whether the process backend sends fractional grid positions to its workers (it declares it
-    with a class attribute ``fractional_steps = True``); until then algo=epd is refused there
-    rather than evaluated at truncated positions on the worker ranks."""
-    from chords.backends import ProcessBackend
-
-    return bool(getattr(ProcessBackend, "fractional_steps", False))
-
-
 def epd_table_problem(algo: DictConfig | dict, model: DictConfig | dict) -> str | None:
     """A one-line message when algo=epd's table was fitted for another model, grid or setting."""
     from chords.epd_tables import key_problem, read_table, table_key
@@ -593,11 +584,6 @@ def validate(cfg: DictConfig, check_output: bool = True, check_weights: bool = T
         raise ConfigError(msg if msg.startswith(("stop", "residual")) else f"algo.{msg}") from None
 
     ws = world_size(cfg, algorithm.num_cores, core_key, fit_gpus=chosen_by_auto)
-    if cfg.algo.algo_name == "epd" and hw.get("backend") == "processes" and ws > 1 and not _carries_fractional_steps():
-        raise ConfigError(
-            "algo=epd evaluates at fractional grid positions, which hardware.backend=processes does not carry to "
-            "other ranks yet: use hardware=batched or hardware=local (or one process: ngpu=1)"
-        )
     prompts = inline_prompts(cfg.get("prompt")) or read_prompts(cfg.prompt_file)
     _per_prompt_check(model, adapter_cls)
     missing = adapter_cls.missing_weights(model) if check_weights else None

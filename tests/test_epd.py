@@ -362,15 +362,38 @@ def test_cogvideo_dynamic_guidance_at_a_fractional_position_is_the_pipelines_rul
     assert got[1] == f.full.guidance_at(table, ts, torch.tensor([2]), 1)[0]
 
 
-def test_process_backend_is_refused_until_it_carries_fractional_positions(tmp_path, monkeypatch):
-    """Worker ranks would otherwise truncate EPD's positions to integers (a wrong sample, silently)."""
-    from chords.backends import ProcessBackend
+def test_fractional_positions_cross_the_process_backend_exactly(tmp_path, monkeypatch):
+    """EPD over two worker processes (shared memory and sockets) equals the local loop bit for bit:
+    the fractional positions travel as the bits of their float64 values (chords.backends.wire)."""
+    from omegaconf import OmegaConf
 
+    from chords.backends import LocalBackend, ProcessBackend, thread_setting
+    from chords.backends.wire import Cmd, Header, wire_steps
+    from chords.models.base import load_adapter_class
+
+    pos = torch.tensor([0.5, 2.0 / 3.0, 1e-300, 2.75], dtype=F64)
+    grid, flag = wire_steps(pos)
+    t = torch.tensor(Header(Cmd.EVAL, 4, positions=flag).row(grid, 4))
+    back = Header.read(t).steps(t)
+    assert flag == 1 and back.dtype == F64 and torch.equal(back, pos)
+    idx = torch.tensor([3, 0, 7])
+    grid, flag = wire_steps(idx)
+    t = torch.tensor(Header(Cmd.EVAL, 3, positions=flag).row(grid, 3))
+    assert flag == 0 and torch.equal(Header.read(t).steps(t), idx)
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / "digits.yaml"), resolve=True)
+    cfg["num_inference_steps"] = 4
+    adapter = load_adapter_class(cfg["adapter"])(cfg, "cpu", "full")
+    enc = adapter.encode("a 3", 0)
+    outs = []
+    with thread_setting(1, "cpu"):
+        local = LocalBackend(adapter, "loop")
+        local.set_condition(enc.cond)
+        outs.append(sample(EPD(2), local.velocity, enc.x0, enc.step, enc.num_steps).output)
+        for shm in (True, False):
+            with ProcessBackend(adapter, cfg["adapter"], cfg, 2, num_cores=2, max_batch=1, shared_memory=shm) as pb:
+                pb.set_condition(enc.cond)
+                outs.append(sample(EPD(2), pb.velocity, enc.x0, enc.step, enc.num_steps).output)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     monkeypatch.chdir(ROOT)
-    monkeypatch.delattr(ProcessBackend, "fractional_steps", raising=False)
-    with pytest.raises(ConfigError, match="^algo=epd evaluates at fractional grid positions"):
-        validate(digits_cfg(tmp_path, "hardware=cpu"), check_weights=False)
-    validate(digits_cfg(tmp_path, "hardware=cpu", "ngpu=1"), check_weights=False)  # one process: rank 0 only
-    validate(digits_cfg(tmp_path, "hardware=batched"), check_weights=False)
-    monkeypatch.setattr(ProcessBackend, "fractional_steps", True, raising=False)
-    validate(digits_cfg(tmp_path, "hardware=cpu"), check_weights=False)
+    validate(digits_cfg(tmp_path, "hardware=cpu"), check_weights=False)  # no longer refused

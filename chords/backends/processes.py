@@ -43,7 +43,7 @@ from chords.backends.local import forward
 from chords.backends.rank0 import Rank0Link, release_torchrun_ranks
 from chords.backends.shm import SHM_ITEM, SharedSlots
 from chords.backends.shm import reserve as _reserve
-from chords.backends.wire import WIRE_DTYPES, Cmd, Header, share_cap, unpack
+from chords.backends.wire import WIRE_DTYPES, Cmd, Header, share_cap, unpack, wire_steps
 from chords.backends.worker import run_sequential, serve, serve_torchrun, worker_entry
 from chords.buffers import RoundBuffers
 from chords.models.base import Adapter
@@ -252,8 +252,8 @@ class ProcessBackend(Rank0Link):
         area = slots.next_area() if slots is not None else 0
         cmd = Cmd.EVAL_SHM if slots is not None else Cmd.EVAL
         codes = WIRE_DTYPES.index(xs.dtype), WIRE_DTYPES.index(reply)
-        grid = [int(i) for i in steps.tolist()]
-        rows = [Header(cmd, hi - lo, *codes, lo, area).row(grid[lo:hi], self.cap) for lo, hi in parts]
+        grid, positions = wire_steps(steps)
+        rows = [Header(cmd, hi - lo, *codes, lo, area, positions).row(grid[lo:hi], self.cap) for lo, hi in parts]
         headers = torch.tensor(rows, dtype=torch.long).to(self.comm)
         works, replies, moved = [], [], 0
         for r in busy:  # each worker is signalled as soon as its share is in place, before rank 0's forward

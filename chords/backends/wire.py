@@ -2,7 +2,9 @@
 
 Every message from rank 0 to a worker starts with a header, one LongTensor of
 ``Header.FIELDS + cap`` integers (``cap``: the most states one rank evaluates in a round):
-``[cmd, n, state dtype, reply dtype, first row, area, step_0 .. step_{cap-1}]``. Only EVAL and
+``[cmd, n, state dtype, reply dtype, first row, area, positions, step_0 .. step_{cap-1}]``. The
+steps are grid indices (``positions`` 0), or fractional grid positions (``positions`` 1, e.g.
+EPD's intermediate times) sent as the bits of their float64 values, so they arrive exactly. Only EVAL and
 EVAL_SHM use the fields after ``cmd``; every other command leaves them 0. :class:`Header` names
 them; nothing else reads a header by position.
 """
@@ -36,7 +38,8 @@ class Cmd(IntEnum):
 @dataclass(frozen=True)
 class Header:
     """A decoded header. ``state`` and ``reply`` index :data:`WIRE_DTYPES`; ``first`` is the
-    share's first row in the round; ``area`` the velocity file (1 or 2) of an EVAL_SHM round."""
+    share's first row in the round; ``area`` the velocity file (1 or 2) of an EVAL_SHM round;
+    ``positions`` 1 when the steps are float64 grid positions (their bits), 0 for grid indices."""
 
     cmd: Cmd
     n: int = 0
@@ -44,8 +47,9 @@ class Header:
     reply: int = 0
     first: int = 0
     area: int = 0
+    positions: int = 0
 
-    FIELDS = 6  # the fields above, before the grid indices
+    FIELDS = 7  # the fields above, before the steps
 
     @property
     def state_dtype(self) -> torch.dtype:
@@ -58,18 +62,27 @@ class Header:
     @classmethod
     def read(cls, t: Tensor) -> "Header":
         """Decode a received header tensor (one host read for all fields)."""
-        cmd, n, state, reply, first, area = t[: cls.FIELDS].tolist()
-        return cls(Cmd(cmd), n, state, reply, first, area)
+        cmd, n, state, reply, first, area, positions = t[: cls.FIELDS].tolist()
+        return cls(Cmd(cmd), n, state, reply, first, area, positions)
 
-    @staticmethod
-    def steps(t: Tensor, n: int) -> Tensor:
-        """The ``n`` grid indices that follow the fields."""
-        return t[Header.FIELDS : Header.FIELDS + n]
+    def steps(self, t: Tensor) -> Tensor:
+        """The round's ``n`` steps that follow the fields of the received header ``t``: a LongTensor of
+        grid indices, or the float64 grid positions whose bits were sent."""
+        steps = t[self.FIELDS : self.FIELDS + self.n]
+        return steps.view(torch.float64) if self.positions else steps
 
     def row(self, steps: Sequence[int], cap: int) -> list[int]:
         """This header as integers, with ``steps`` after the fields, padded to ``FIELDS + cap``."""
-        row = [int(self.cmd), self.n, self.state, self.reply, self.first, self.area, *steps]
+        row = [int(self.cmd), self.n, self.state, self.reply, self.first, self.area, self.positions, *steps]
         return row + [0] * (self.FIELDS + cap - len(row))
+
+
+def wire_steps(steps: Tensor) -> tuple[list[int], int]:
+    """A round's steps as header integers and the ``positions`` flag: grid indices as they are,
+    fractional positions (a float64 tensor) as the bits of their values, which arrive exactly."""
+    if steps.is_floating_point():
+        return steps.to(torch.float64).contiguous().view(torch.int64).tolist(), 1
+    return [int(i) for i in steps.tolist()], 0
 
 
 def share_cap(num_cores: int, world_size: int) -> int:

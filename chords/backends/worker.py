@@ -100,7 +100,7 @@ def serve(adapter: Adapter, comm: torch.device, cap: int, max_batch: int | None,
                 send_object(run_sequential(adapter, *job, max_batch=max_batch, progress=progress), 0, comm)
                 continue
             assert shape is not None, "EVAL before SHAPE"
-            steps = Header.steps(header, h.n).to(device)
+            steps = h.steps(header).to(device)
             if h.cmd == Cmd.EVAL_SHM:
                 assert slots is not None, "EVAL_SHM without shared slots"
                 v = forward(adapter, slots.rows(0, h.first, h.n, h.state_dtype).to(device), steps, cond, max_batch)
