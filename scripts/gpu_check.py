@@ -8,7 +8,7 @@ and read one line per step, ``PASS``/``FAIL``/``SKIP``, each with its number:
 2. ``nccl``: an all_reduce over NCCL (one rank per GPU, up to 2), its value and time.
 3. ``bf16-matmul``: a 4096^2 bf16 matmul against float32: relative error and TFLOP/s.
 4. ``defaults``: what the default command resolves to here (hardware=auto's one line).
-5. ``cuda-tests``: the CUDA test tier (``pytest -m cuda tests/test_cuda.py``), its counts.
+5. ``cuda-tests``: the CUDA test tier (``pytest -m cuda tests/test_cuda*.py``), its counts.
 6. ``flux-mid``: a random-initialised Flux-like transformer built from a diffusers config
    (8 double + 16 single blocks, hidden 3072, 1024 image tokens + 512 text tokens, bf16, N=50)
    behind the harness' own Flux adapter: seconds per sample for sequential and for CHORDS K=4
@@ -193,7 +193,8 @@ def check_defaults() -> tuple[str, str]:
 
 def check_cuda_tests() -> tuple[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", MPLBACKEND="Agg")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rs", "tests/test_cuda.py"],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rs", "tests/test_cuda.py",
+                        "tests/test_cuda_backend.py"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     tail = [line for line in r.stdout.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
     summary = tail[-1].strip("= ") if tail else "no summary"

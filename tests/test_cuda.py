@@ -156,11 +156,11 @@ def _digits_backend(world: int, dist_backend: str):
     return adapter, backend
 
 
-@pytest.mark.parametrize("dist_backend", ["gloo", "nccl"])
+@pytest.mark.parametrize("dist_backend", ["nccl"])
 def test_process_backend_with_two_ranks_on_one_gpu(dist_backend):
-    """Two ranks share this GPU (rank r on cuda:(r mod GPUs)); the round's velocities equal the
-    local backend's, rank by rank. NCCL may refuse two ranks on one device: then the error is
-    clean (a WorkerError or RuntimeError naming NCCL), never a hang."""
+    """Two NCCL ranks on this machine's first GPU(s) (rank r on cuda:(r mod GPUs)): CHORDS equals the
+    local backend bit for bit; where NCCL refuses two ranks on one device, the error is clean (a
+    WorkerError or RuntimeError), never a hang. Several ranks over gloo: tests/test_cuda_backend.py."""
     from chords import CHORDS
     from chords.backends import LocalBackend, WorkerError
     from chords.core import sample
