@@ -627,7 +627,7 @@ def summary_table(outcomes: list[tuple[Outcome, Outcome | None]]) -> str:
             f"{main.sample_s:>8.3f} {ref.sample_s:>8.3f} {rmse:>10.2e}{q}"
         )
     if quality:
-        for what, attr in (("class", "correct"), ("direction", "direction_correct")):
+        for what, attr, how in (("class", "correct", "digit classifier"), ("direction", "direction_correct", "centroid motion")):
             parts = []
             for label, pick in (("output", 0), ("sequential", 1)):
                 got = [getattr(quality[p[pick].folder], attr) for p in outcomes
@@ -636,5 +636,5 @@ def summary_table(outcomes: list[tuple[Outcome, Outcome | None]]) -> str:
                 if got:
                     parts.append(f"{label} {sum(got)}/{len(got)}")
             if parts:
-                lines.append(f"{what} accuracy (digit classifier vs prompt): " + ", ".join(parts))
+                lines.append(f"{what} accuracy ({how} vs prompt): " + ", ".join(parts))
     return "\n".join(lines)
