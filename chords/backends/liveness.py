@@ -250,6 +250,7 @@ twice a second besides."""
         self.failure: tuple[int, str] | None = None
         self._describe, self._on_failure = describe, on_failure
         self._armed = True
+        self._lock = threading.Lock()  # disarm() runs from a signal's thread and from close()
         self._wake_r, self._wake_w = os.pipe()
         threading.Thread(target=self._run, name="chords-watchdog", daemon=True).start()
 
@@ -276,9 +277,10 @@ twice a second besides."""
             os.close(self._wake_r)
 
     def disarm(self) -> None:
-        """Exits from now on are expected (a STOP, or a teardown)."""
-        if not self._armed:
-            return
-        self._armed = False
+        """Exits from now on are expected (a STOP, a stop signal, a teardown)."""
+        with self._lock:
+            if not self._armed:
+                return
+            self._armed = False
         os.write(self._wake_w, b"x")
         os.close(self._wake_w)

@@ -173,6 +173,7 @@ class ProcessBackend(Rank0Link):
                 join_group(self.procs, dist_backend, f"tcp://{host}:{port}", world_size, load_timeout_s, group_timeout,
                            lambda: self._closed)
                 self._watchdog = Watchdog(self.procs, self._describe, self._wake)
+                self._stop_watch.before_end = self._watchdog.disarm
             self._beacon = Beacon(store_client(host, int(port)), self._keys + "rank0")
             self._store = store_client(host, int(port))
         except BaseException:
