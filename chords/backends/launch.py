@@ -129,13 +129,15 @@ class StopOnSignal:
     Python runs signal handlers only when the main thread executes bytecode; while it is
     blocked inside a gloo/NCCL wait, a Ctrl-C would wait for that call's timeout. The C-level
     handler still writes the signal number to ``signal.set_wakeup_fd``: this thread reads it
-    and terminates the workers (a stopped one too), the blocked wait fails at once, and the main thread's handler
-    (KeyboardInterrupt, or the CLI's ``Interrupted``) unwinds as usual. Bytes are passed on to
-    a wakeup fd installed before. A no-op outside the main thread.
+    and terminates the workers (a stopped one too), the blocked wait fails at once, and the main
+    thread's handler (KeyboardInterrupt, or the CLI's ``Interrupted``) unwinds as usual. Bytes are passed on to
+    a wakeup fd installed before. A no-op outside the main thread. ``before_end`` (if set) runs
+    first: the backend disarms its watchdog there, so the workers' ends are not reported as failures.
     """
 
     def __init__(self, procs: list[mp.Process]):
         self.procs = procs
+        self.before_end: Callable[[], None] | None = None
         self._fds: tuple[int, int] | None = None
         self._previous = -1
         if threading.current_thread() is not threading.main_thread():
@@ -162,6 +164,8 @@ class StopOnSignal:
             except OSError:
                 pass
         if any(b in _STOP_SIGNALS for b in data):
+            if self.before_end is not None:
+                self.before_end()
             end(self.procs)
 
     def close(self) -> None:

@@ -150,7 +150,8 @@ class Beacon:
         self._stop = threading.Event()
         self._store, self._key = store, key
         self.beat()
-        threading.Thread(target=self._run, name="chords-beacon", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="chords-beacon", daemon=True)
+        self._thread.start()
 
     def beat(self) -> None:
         try:
@@ -163,7 +164,10 @@ class Beacon:
             self.beat()
 
     def close(self) -> None:
+        """Stop beating, and let a store call in flight finish (a process that exits while a
+        thread is inside the store client can abort)."""
         self._stop.set()
+        self._thread.join(timeout=2)
 
 
 class Rank0Watch:
@@ -180,11 +184,18 @@ class Rank0Watch:
         self._seen: int | None = None
         self._moved = time.monotonic()
         self._lock = threading.Lock()
-        threading.Thread(target=self._poll, name="chords-rank0-poll", daemon=True).start()
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="chords-rank0-poll", daemon=True)
+        self._poller.start()
         threading.Thread(target=self._judge, name="chords-rank0-judge", daemon=True).start()
 
+    def close(self) -> None:
+        """Stop watching (rank 0 said STOP), and let a store call in flight finish."""
+        self._closed.set()
+        self._poller.join(timeout=2)
+
     def _poll(self) -> None:
-        while not self.gone:
+        while not self.gone and not self._closed.is_set():
             try:
                 value = self._store.add(self._key, 0)
             except Exception:  # noqa: BLE001 - the store (rank 0, or torchrun's agent) is gone: silence
@@ -192,12 +203,11 @@ class Rank0Watch:
             with self._lock:
                 if value != self._seen:
                     self._seen, self._moved = value, time.monotonic()
-            time.sleep(BEAT_S / 2)
+            self._closed.wait(BEAT_S / 2)
 
     def _judge(self) -> None:
         last = time.monotonic()
-        while True:
-            time.sleep(BEAT_S / 2)
+        while not self._closed.wait(BEAT_S / 2):
             now = time.monotonic()
             with self._lock:
                 if now - last > 3 * BEAT_S:  # this process was stopped itself: start counting again
@@ -240,6 +250,7 @@ twice a second besides."""
         self.failure: tuple[int, str] | None = None
         self._describe, self._on_failure = describe, on_failure
         self._armed = True
+        self._lock = threading.Lock()  # disarm() runs from a signal's thread and from close()
         self._wake_r, self._wake_w = os.pipe()
         threading.Thread(target=self._run, name="chords-watchdog", daemon=True).start()
 
@@ -266,9 +277,10 @@ twice a second besides."""
             os.close(self._wake_r)
 
     def disarm(self) -> None:
-        """Exits from now on are expected (a STOP, or a teardown)."""
-        if not self._armed:
-            return
-        self._armed = False
+        """Exits from now on are expected (a STOP, a stop signal, a teardown)."""
+        with self._lock:
+            if not self._armed:
+                return
+            self._armed = False
         os.write(self._wake_w, b"x")
         os.close(self._wake_w)

@@ -88,9 +88,10 @@ class ProcessBackend(Rank0Link):
 
     :meth:`velocity` follows the buffer rule of :mod:`chords.buffers`: the velocities it returns
     are valid until its next call (they may lie in memory it reuses), and it keeps nothing of
-    its input beyond the call. ``receive_after_forward``: rank 0 posts its receives after its
-    own forward (the default on NCCL, where pending receive kernels would share rank 0's GPU
-    with its forward), or before it.
+    its input beyond the call. ``receive_after_forward`` (default True): rank 0 posts its
+    receives after its own forward (on a GPU, pending NCCL receive kernels would otherwise share
+    rank 0's device with its forward; on the CPU it costs nothing, bench/bench_scale.py
+    ``--receive before after``), or before it.
     """
 
     def __init__(
@@ -129,7 +130,7 @@ class ProcessBackend(Rank0Link):
         # one host, CPU ranks (rank 0 included): states and velocities through shared memory, only headers over gloo
         self.shared_memory = bool(shared_memory) and launcher == "spawn" and dist_backend == "gloo" and device_type == "cpu" \
             and adapter.device.type == "cpu"
-        self.receive_after_forward = dist_backend == "nccl" if receive_after_forward is None else bool(receive_after_forward)
+        self.receive_after_forward = True if receive_after_forward is None else bool(receive_after_forward)
         self._slots: SharedSlots | None = None
         self._replies = RoundBuffers(keep=2)  # each round's gathered velocities (chords.buffers)
         self.bytes_per_round = 0
@@ -172,6 +173,7 @@ class ProcessBackend(Rank0Link):
                 join_group(self.procs, dist_backend, f"tcp://{host}:{port}", world_size, load_timeout_s, group_timeout,
                            lambda: self._closed)
                 self._watchdog = Watchdog(self.procs, self._describe, self._wake)
+                self._stop_watch.before_end = self._watchdog.disarm
             self._beacon = Beacon(store_client(host, int(port)), self._keys + "rank0")
             self._store = store_client(host, int(port))
         except BaseException:

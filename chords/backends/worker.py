@@ -155,6 +155,7 @@ def _join_and_serve(adapter: Adapter, rank: int, world_size: int, init_method: s
     progress = Progress(store_client(host, port), f"{keys}progress/{rank}")
     try:
         serve(adapter, torch.device("cpu") if dist_backend == "gloo" else device, cap, max_batch, progress)
+        watch.close()
     except Exception as e:
         if peer_gone(e) or watch.gone:  # rank 0 has gone; it reports the cause, if it still can
             log.error("%s: rank 0 went away (%s)", what, str(e).splitlines()[0] if str(e) else type(e).__name__)
