@@ -77,6 +77,49 @@ def _grid_name() -> tuple[str, str | None]:
     return f"grid-job{hc.job.num}", f"job {hc.job.num}: " + " ".join(task)
 
 
+def _wants_job_config(flags: list[str]) -> bool:
+    """``--cfg job`` / ``-c job`` (Hydra prints the job's config and exits)."""
+    for i, f in enumerate(flags):
+        name, _, value = f.partition("=")
+        if name in ("--cfg", "-c") and (value or (flags[i + 1] if i + 1 < len(flags) else "")) == "job":
+            return True
+    return False
+
+
+def resolved_job_config(argv: list[str]) -> str:
+    """The job's config as ``--cfg job`` prints it, with ``algo.init_t`` replaced by the grid indices
+    it resolves to (``preset`` / ``auto`` / ``uniform`` name a rule, not a sequence) and a comment
+    saying how; ``auto`` without ``algo.speedup`` is the presets' trend, which the comment says."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from chords.config import CONFIG_DIR, validate
+    from chords.runner import _resolved_algo
+
+    overrides, _ = split_argv(argv)
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="base", overrides=overrides)
+    spec = validate(cfg, check_output=False, check_weights=False)
+    note = ""
+    if cfg.algo.get("algo_name") == "chords":
+        asked = cfg.algo.get("init_t")
+        seq = _resolved_algo(cfg, spec)["init_t"]
+        if str(asked) == "auto" and cfg.algo.get("speedup") is None:
+            from chords.chords import PAPER_PRESETS, preset_init_sequence
+
+            k, n = spec.algorithm.num_cores, spec.num_steps
+            preset = "-".join(map(str, preset_init_sequence(k, n))) if k in PAPER_PRESETS else "none for this K"
+            same = " (the same as init_t=preset)" if preset == "-".join(map(str, seq)) else f" (init_t=preset: {preset})"
+            why = f"auto without algo.speedup: Theorem 2.5 at the presets' trend for K={k}{same}; set algo.speedup to choose"
+        else:
+            why = f"{asked}"
+        note = (f"# algo.init_t: {why} -> {'-'.join(map(str, seq))} "
+                f"(K={spec.algorithm.num_cores}, N={spec.num_steps})\n")
+        OmegaConf.update(cfg, "algo.init_t", "-".join(map(str, seq)), force_add=True)
+    return note + OmegaConf.to_yaml(cfg)
+
+
 def stop_rule_line(cfg: DictConfig) -> str:
     """The header line of the summary table: which output the table shows and the stop rule that chose it."""
     algo = cfg.algo
@@ -236,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(dry_run(argv), flush=True)
                 sys.exit(0)
             VARYING[:] = _varying_keys(argv)
+            if _wants_job_config(flags) and not any(a in ("-m", "--multirun") for a in argv):
+                print(resolved_job_config(argv), flush=True)  # Hydra's --cfg job, with init_t resolved
+                sys.exit(0)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

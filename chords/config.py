@@ -662,6 +662,29 @@ def nearest_key(key: str, keys: Collection[str]) -> str | None:
     return by_leaf[close[0]] if close else None
 
 
+#: Optional model keys that the harness's adapters read when present (``cfg_get(cfg, KEY)``) but
+#: that a model yaml may leave out; ``+model.KEY=...`` adds them. An adapter of your own declares
+#: its own in a ``config_keys`` class attribute.
+OPTIONAL_MODEL_KEYS = frozenset({
+    "scheduler", "timestep_spacing", "flow_shift", "prompt_template", "max_sequence_length", "negative_prompt",
+    "negative_prompt_2", "prompt_2", "step_precision", "true_cfg_scale", "use_dynamic_cfg", "vae_tiling",
+    "tiny_seed", "tiny_guidance_embeds", "cache_dir", "repo_id", "build", "shift",
+})
+
+
+def _adapter_keys(job: list[str], base: Any) -> frozenset[str]:
+    """The optional model keys the job's adapter accepts: its ``config_keys`` (if it declares
+    them) and :data:`OPTIONAL_MODEL_KEYS`."""
+    path = next((o.partition("=")[2] for o in job if o.lstrip("+").startswith("model.adapter=")),
+                OmegaConf.select(base, "model.adapter", default=None))
+    declared: tuple[str, ...] = ()
+    try:
+        declared = tuple(getattr(load_adapter_class(path), "config_keys", ()) or ()) if path else ()
+    except (ValueError, ImportError):
+        pass
+    return OPTIONAL_MODEL_KEYS | frozenset(declared)
+
+
 def _unknown_key_problem(job: list[str], config_name: str, added: bool = False) -> str | None:
     """The first override that sets a key the composed config does not have, with the nearest valid key.
 
@@ -680,6 +703,8 @@ def _unknown_key_problem(job: list[str], config_name: str, added: bool = False) 
         if (o.startswith("+") and not added) or o in choices:
             continue
         key = o.lstrip("~+").partition("=")[0]
+        if o.startswith("+") and key.startswith("model.") and key[len("model."):] in _adapter_keys(job, base):
+            continue  # an optional key the chosen adapter reads (not in its yaml)
         if key in keys:
             if o.startswith("+") and not o.startswith("++"):
                 return f"{key!r} is a setting already: write {o.lstrip('+')!r} (a '+' adds a new key)"

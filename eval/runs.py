@@ -24,7 +24,6 @@ cells it would have spoiled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -238,8 +237,10 @@ def init_kind(init_t: Sequence[int] | None, num_steps: int) -> str | None:
 
 
 def _digest(data: Any) -> str:
-    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+    """The run digest, as the runner computes it (one implementation: :func:`chords.rundir.digest`)."""
+    from chords.rundir import digest
+
+    return digest(data)
 
 
 def _one_line(e: BaseException) -> str:

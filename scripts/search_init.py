@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 
 from chords import CHORDS, Sequential, sample  # noqa: E402
 from chords.chords import PAPER_PRESETS, check_init_t, init_sequence, preset_init_sequence  # noqa: E402
+from eval.metrics import latent_rmse  # noqa: E402
 
 Init = tuple[int, ...]
 
@@ -120,7 +121,7 @@ class Problem:
         with torch.no_grad():
             res = sample(CHORDS(len(init), list(init)), self.velocity, s.x0, s.step, self.steps)
         ref = s.reference.double()
-        rmse = [math.sqrt(float(torch.mean((h.x.double() - ref) ** 2))) for h in res.hits]
+        rmse = [latent_rmse(h.x, ref) for h in res.hits]  # eval's definition, in float64
         return [h.round for h in res.hits], rmse
 
 

@@ -23,6 +23,7 @@ from chords.models.digits import DigitsModel
 
 
 class FaultyDigits(DigitsModel):
+    config_keys = ("fault", "fault_rank", "fault_s", "fault_stamp")  # added with +model.KEY=... (chords.config)
     def __init__(self, cfg: Mapping[str, Any], device: torch.device | str = "cpu", role: str = "full"):
         super().__init__(cfg, device, role)
         fault = cfg.get("fault")

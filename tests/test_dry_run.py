@@ -54,3 +54,16 @@ def test_sweep_jobs_get_their_own_labelled_grid_and_the_table_names_its_stop_rul
     assert "hit 1 (stop rule: core_index=1" in stop_rule_line(compose(["model=gaussian"]))
     assert "residual" in stop_rule_line(compose(["model=gaussian", "algo.stopping_kwargs.criterion=residual"]))
     assert "ParaDIGMS" in stop_rule_line(compose(["model=gaussian", "algo=paradigms"]))
+
+
+def test_cfg_job_shows_init_t_resolved(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--cfg", "job", "algo.init_t=auto", "ngpu=8"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "init_t: 0-1-3-5-10-20-30-40" in out and "auto without algo.speedup" in out
+    assert "init_t=preset: 0-2-4-8-16-24-32-40" in out
+    with pytest.raises(SystemExit):
+        main(["--cfg", "job"])
+    out = capsys.readouterr().out
+    assert "\n  init_t: 0-8-16-32\n" in out and "\n  init_t: preset" not in out

@@ -77,3 +77,13 @@ def test_eval_settings_are_one_line_exit_2(override, words, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "ev").exists()
+
+
+def test_keys_an_adapter_reads_may_still_be_added():
+    """'+model.KEY' stays open for the optional keys the adapters read (chords.config.OPTIONAL_MODEL_KEYS)
+    and for those an adapter of one's own declares in ``config_keys``."""
+    precheck_argv(["model=tiny-flux", "+model.scheduler=euler", "algo=sequential", "ngpu=1"])
+    precheck_argv(["model.adapter=tests.fault_adapters.FaultyDigits", "+model.fault=slow_load", "+model.fault_s=1",
+                   "hardware=cpu", "ngpu=2"])
+    with pytest.raises(ConfigError, match="unknown key 'model.fault'"):
+        precheck_argv(["+model.fault=slow_load"])  # the default adapter does not read it
