@@ -339,12 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = {
         "script": "scripts/train_epd.py", "method": "forward-only: grid search over r, NNLS for the weights"
         + (f", then {a.refine} Adam iterations (lr {a.lr}) through the model" if a.refine else ""),
-        "refine_losses": losses,
         "teacher": f"Euler-{a.teacher_steps}",
         "prompts": prompts, "samples_per_prompt": a.samples,
         "seeds": [a.seed_base, a.seed_base + len(prompts) * a.samples - 1], "r_grid": r_grid,
         "steps": steps_log, "rmse_at_data_vs_teacher": scores, "torch": torch.__version__, "threads": a.threads,
     }
+    if a.refine:
+        training["refine_losses"] = losses
     write_table(out, table, table_key(cfg, a.directions, "euler"), training)
     log.info("wrote %s", out)
     return 0
