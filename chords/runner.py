@@ -344,6 +344,12 @@ class _Session:
         self.last_timed = "warm-up"  # the sampling this process timed last (stats.json: timed_after)
         self.rank_timed: dict[int, str] = {}  # the same for each worker rank's references
 
+    def _warm(self, enc: Encoded, clock: Clock) -> None:
+        """The warm-up (:func:`warm_up`), once per session, before the first timed sampling."""
+        if self.warmup is None:
+            self.warmup = warm_up(self.backend, enc, self.spec.algorithm.num_cores, clock)
+            log.info("warm-up rounds of %s state(s): %.3fs", self.warmup["batch_sizes"], self.warmup["seconds"])
+
     def _timed(self, ctx: RunContext) -> RunContext:
         """``ctx`` stamped with what was timed before it; it becomes the last timed."""
         ctx.timed_after, self.last_timed = self.last_timed, ctx.desc
@@ -388,9 +394,7 @@ class _Session:
         with torch.no_grad():
             enc = self.adapter.encode(job.prompt, int(cfg.model.seed))
         encode_s = clock.elapsed()
-        if self.warmup is None:
-            self.warmup = warm_up(self.backend, enc, spec.algorithm.num_cores, clock)
-            log.info("warm-up rounds of %s state(s): %.3fs", self.warmup["batch_sizes"], self.warmup["seconds"])
+        self._warm(enc, clock)
         if job.folder in locks:
             clean_partial(job.folder)
             ctx = RunContext(job.identity, self.algo_cfg, str(cfg.hardware.name), self.backend.world_size,
@@ -455,9 +459,7 @@ class _Session:
             with torch.no_grad():
                 enc = self.adapter.encode(job.prompt, int(self.cfg.model.seed))
             encs.append((enc, clock.elapsed()))
-        if self.warmup is None:
-            self.warmup = warm_up(self.backend, encs[0][0], self.spec.algorithm.num_cores, clock)
-            log.info("warm-up rounds of %s state(s): %.3fs", self.warmup["batch_sizes"], self.warmup["seconds"])
+        self._warm(encs[0][0], clock)
         for rank, (enc, _) in enumerate(encs[1:], start=1):
             self.backend.start_sequential(rank, enc.x0, enc.cond, enc.step, enc.num_steps)
         names = device_names(self.device, self.backend.world_size)
